@@ -1,0 +1,1 @@
+"""caproto soft IOCs that serve the digital twin over Channel Access."""

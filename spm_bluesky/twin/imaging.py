@@ -1,0 +1,152 @@
+"""Constant-current topography: what the z feedback records as the tip crosses the sample.
+
+With several apexes, the current is a weighted sum over apexes,
+``I ~ sum_k w_k exp(2 kappa (h(r + d_k) - dz_k - z))``, so the feedback height is a soft
+maximum (log-sum-exp) of the shifted height maps: ghost copies of every feature. A blunt
+apex convolves the surface with a wider Gaussian; an adsorbate changes molecular contrast.
+Instrument effects follow: feedback overshoot along the fast axis, noise, line offsets, tilt.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.signal import lfilter, lfilter_zi
+from scipy.special import erf
+
+from .config import NoiseConfig, TipConfig
+from .sample import Features, SurfacePatch, Terraces
+from .tip import TipState
+
+#: Gaussian blur of the surface per metre of apex radius.
+BLUR_PER_RADIUS = 0.6
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where and how one frame is scanned (area-local metres, SI units)."""
+
+    center_x: float = 0.0
+    center_y: float = 0.0
+    size: float = 10e-9
+    pixels: int = 64
+    speed: float = 80e-9
+    bias: float = 1.0
+    setpoint: float = 25e-12
+
+    @property
+    def pixel_size(self) -> float:
+        """Distance between pixel centres (m)."""
+        return self.size / self.pixels
+
+    @property
+    def line_time(self) -> float:
+        """Trace plus retrace of one line (s)."""
+        return 2 * self.size / self.speed
+
+    @property
+    def duration(self) -> float:
+        """Time to scan the whole frame (s)."""
+        return self.pixels * self.line_time
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-centre coordinates along x (fast axis) and y (slow axis)."""
+        offsets = (np.arange(self.pixels) - (self.pixels - 1) / 2) * self.pixel_size
+        return self.center_x + offsets, self.center_y + offsets
+
+
+def gaussian_sum(features: Features, xs: np.ndarray, ys: np.ndarray, blur: float,
+                 gain: float = 1.0) -> np.ndarray:
+    """Sum of Gaussians (each convolved with a Gaussian of width ``blur``) on a grid.
+
+    Separable: ``G_y diag(a) G_x`` costs one small matrix product.
+    """
+    if len(features) == 0 or gain == 0.0:
+        return np.zeros((len(ys), len(xs)))
+    var = features.sigma**2 + blur**2
+    amp = gain * features.amp * features.sigma**2 / var
+    gx = np.exp(-((xs[None, :] - features.x[:, None]) ** 2) / (2 * var[:, None]))
+    gy = np.exp(-((ys[:, None] - features.y[None, :]) ** 2) / (2 * var[None, :]))
+    return (gy * amp) @ gx
+
+
+def steps(terraces: Terraces, xs: np.ndarray, ys: np.ndarray, blur: float,
+          step_height: float) -> np.ndarray:
+    """Terrace heights on a grid, each step edge smoothed by the tip's blur."""
+    level = terraces.level(xs[None, :], ys[:, None])
+    nearest = np.rint(level)
+    distance = (level - nearest) * terraces.width
+    width = max(blur, 0.05e-9) * math.sqrt(2)
+    return step_height * (nearest - 1 + 0.5 * (1 + erf(distance / width)))
+
+
+def surface(patch: SurfacePatch, terraces: Terraces, tip: TipState, xs: np.ndarray,
+            ys: np.ndarray, step_height: float) -> np.ndarray:
+    """What one apex of radius ``tip.radius`` sees: the blurred surface, with adsorbate contrast."""
+    blur = BLUR_PER_RADIUS * tip.radius
+    lobe_gain, centre_gain = tip.adsorbate.gains if tip.adsorbate else (1.0, 1.0)
+    return (steps(terraces, xs, ys, blur, step_height)
+            + gaussian_sum(patch.lobes, xs, ys, blur, lobe_gain)
+            + gaussian_sum(patch.centres, xs, ys, blur, centre_gain)
+            + gaussian_sum(patch.other, xs, ys, blur))
+
+
+def topography(patch: SurfacePatch, terraces: Terraces, tip: TipState, xs: np.ndarray,
+               ys: np.ndarray, step_height: float, config: TipConfig) -> np.ndarray:
+    """Feedback height for a tip with one or more apexes (log-sum-exp over apexes)."""
+    main = surface(patch, terraces, tip, xs, ys, step_height)
+    if len(tip.apexes) == 1:
+        return main + tip.length
+    two_kappa = 2 * config.kappa
+    layers = [main]
+    weights = [1.0]
+    for apex in tip.apexes[1:]:
+        layers.append(surface(patch, terraces, tip, xs + apex.dx, ys + apex.dy, step_height)
+                      - apex.dz)
+        weights.append(apex.weight)
+    stack = np.stack(layers)
+    top = stack.max(axis=0)
+    total = np.tensordot(np.asarray(weights), np.exp(two_kappa * (stack - top)), axes=1)
+    return top + np.log(total) / two_kappa + tip.length
+
+
+def feedback_response(image: np.ndarray, pixel_time: float, config: NoiseConfig) -> np.ndarray:
+    """Second-order feedback along each line (fast axis): lag and overshoot at edges."""
+    omega = 2 * math.pi * config.feedback_frequency * pixel_time
+    if omega > 3.0:  # the loop settles within a pixel: nothing to see
+        return image
+    zeta = config.feedback_damping
+    r = math.exp(-zeta * omega)
+    a = [1.0, -2 * r * math.cos(omega * math.sqrt(1 - zeta**2)), r * r]
+    b = [sum(a)]
+    zi = lfilter_zi(b, a)[None, :] * image[:, :1]
+    out, _ = lfilter(b, a, image, axis=1, zi=zi)
+    return out
+
+
+def add_noise(image: np.ndarray, rng: np.random.Generator, config: NoiseConfig,
+              scale: float = 1.0) -> np.ndarray:
+    """White noise, noise correlated along the fast axis, and per-line offsets."""
+    rows, cols = image.shape
+    rho = config.fast_axis_correlation
+    drive = rng.normal(0.0, config.fast_axis * math.sqrt(1 - rho * rho) * scale, (rows, cols))
+    correlated = lfilter([1.0], [1.0, -rho], drive, axis=1)
+    white = rng.normal(0.0, config.white * scale, (rows, cols))
+    offsets = rng.normal(0.0, config.line_offset * scale, (rows, 1))
+    return image + correlated + white + offsets
+
+
+def shift_rows(image: np.ndarray, shifts_px: np.ndarray, margin: int) -> np.ndarray:
+    """Sample each row at its own fractional x shift (drift within a frame).
+
+    ``image`` has ``margin`` extra columns on each side; the result drops them.
+    """
+    rows, cols = image.shape
+    width = cols - 2 * margin
+    position = np.arange(width)[None, :] + margin + np.clip(shifts_px, -margin, margin)[:, None]
+    left = np.clip(np.floor(position).astype(int), 0, cols - 2)
+    frac = position - left
+    row_index = np.arange(rows)[:, None]
+    return image[row_index, left] * (1 - frac) + image[row_index, left + 1] * frac
