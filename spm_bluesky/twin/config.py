@@ -29,9 +29,9 @@ class SampleConfig:
     #: Apparent height range of a molecule's lobes.
     molecule_height: tuple[float, float] = (1.2e-10, 1.8e-10)
     #: Distance of the four lobes from the molecule centre (the cross is ~1.5 nm across).
-    lobe_distance: float = 0.5e-9
+    lobe_distance: float = 0.6e-9
     #: Gaussian width of one lobe.
-    lobe_sigma: float = 0.2e-9
+    lobe_sigma: float = 0.17e-9
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ class NoiseConfig:
     creep_amplitude: float = 30e-9
     creep_time: float = 40.0
     #: Feedback loop: natural frequency (Hz) and damping ratio (under 1 overshoots).
-    feedback_frequency: float = 60.0
-    feedback_damping: float = 0.35
+    feedback_frequency: float = 150.0
+    feedback_damping: float = 0.45
 
 
 @dataclass(frozen=True)

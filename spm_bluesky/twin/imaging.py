@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.signal import lfilter, lfilter_zi
@@ -79,7 +80,11 @@ def steps(terraces: Terraces, xs: np.ndarray, ys: np.ndarray, blur: float,
     nearest = np.rint(level)
     distance = (level - nearest) * terraces.width
     width = max(blur, 0.05e-9) * math.sqrt(2)
-    return step_height * (nearest - 1 + 0.5 * (1 + erf(distance / width)))
+    edge = np.where(distance > 0, 1.0, 0.0)
+    near = np.abs(distance) < 4 * width  # erf is saturated elsewhere: skip it there
+    if near.any():
+        edge[near] = 0.5 * (1 + erf(distance[near] / width))
+    return step_height * (nearest - 1 + edge)
 
 
 def surface(patch: SurfacePatch, terraces: Terraces, tip: TipState, xs: np.ndarray,
@@ -117,13 +122,18 @@ def feedback_response(image: np.ndarray, pixel_time: float, config: NoiseConfig)
     omega = 2 * math.pi * config.feedback_frequency * pixel_time
     if omega > 3.0:  # the loop settles within a pixel: nothing to see
         return image
-    zeta = config.feedback_damping
+    b, a, zi = _feedback_filter(round(omega, 6), config.feedback_damping)
+    out, _ = lfilter(b, a, image, axis=1, zi=zi[None, :] * image[:, :1])
+    return out
+
+
+@lru_cache(maxsize=256)
+def _feedback_filter(omega: float, zeta: float) -> tuple[list[float], list[float], np.ndarray]:
+    """Unit-gain second-order low-pass (b, a) and its steady-state initial condition."""
     r = math.exp(-zeta * omega)
     a = [1.0, -2 * r * math.cos(omega * math.sqrt(1 - zeta**2)), r * r]
     b = [sum(a)]
-    zi = lfilter_zi(b, a)[None, :] * image[:, :1]
-    out, _ = lfilter(b, a, image, axis=1, zi=zi)
-    return out
+    return b, a, lfilter_zi(b, a)
 
 
 def add_noise(image: np.ndarray, rng: np.random.Generator, config: NoiseConfig,
@@ -131,11 +141,11 @@ def add_noise(image: np.ndarray, rng: np.random.Generator, config: NoiseConfig,
     """White noise, noise correlated along the fast axis, and per-line offsets."""
     rows, cols = image.shape
     rho = config.fast_axis_correlation
-    drive = rng.normal(0.0, config.fast_axis * math.sqrt(1 - rho * rho) * scale, (rows, cols))
-    correlated = lfilter([1.0], [1.0, -rho], drive, axis=1)
-    white = rng.normal(0.0, config.white * scale, (rows, cols))
-    offsets = rng.normal(0.0, config.line_offset * scale, (rows, 1))
-    return image + correlated + white + offsets
+    drive, white = rng.standard_normal((2, rows, cols))
+    correlated = lfilter([config.fast_axis * math.sqrt(1 - rho * rho) * scale], [1.0, -rho],
+                         drive, axis=1)
+    offsets = rng.standard_normal((rows, 1)) * (config.line_offset * scale)
+    return image + correlated + white * (config.white * scale) + offsets
 
 
 def shift_rows(image: np.ndarray, shifts_px: np.ndarray, margin: int) -> np.ndarray:

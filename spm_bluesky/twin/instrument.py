@@ -125,7 +125,8 @@ class Instrument:
         line_times = self.clock + (np.arange(n) + 0.5) * frame.line_time
         err_x, err_y = self.position_error(line_times)
         shifts = (err_x - err_x[0]) / px
-        margin = min(int(math.ceil(np.abs(shifts).max())) + 1, n) if n > 1 else 1
+        moving = np.abs(shifts).max() > 0.01  # drift within the frame worth resampling for
+        margin = min(int(math.ceil(np.abs(shifts).max())) + 1, n) if moving else 0
         xs, ys = frame.axes()
         xs = np.concatenate([xs[0] - px * np.arange(margin, 0, -1), xs,
                              xs[-1] + px * np.arange(1, margin + 1)]) + err_x[0]
@@ -138,7 +139,8 @@ class Instrument:
         for start, stop, state in self._tip_segments(n, frame.line_time):
             topo[start:stop] = imaging.topography(patch, terraces, state, xs, ys[start:stop],
                                                   cfg.sample.step_height, cfg.tip)
-        topo = imaging.shift_rows(topo, shifts, margin)
+        if moving:
+            topo = imaging.shift_rows(topo, shifts, margin)
         topo = imaging.feedback_response(topo, frame.line_time / 2 / n, cfg.noise)
         tilt_x = terraces.tilt[0] + self._approach_tilt[0]
         tilt_y = terraces.tilt[1] + self._approach_tilt[1]

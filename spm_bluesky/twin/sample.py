@@ -89,12 +89,14 @@ class Terraces:
     tilt: tuple[float, float]
 
     def level(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Continuous terrace coordinate: integer crossings are step edges."""
+        """Continuous terrace coordinate on the grid ``x`` (row) by ``y`` (column vector):
+        integer crossings are step edges. Separable: sin(a + b) = sin a cos b + cos a sin b."""
         u = x * math.cos(self.angle) + y * math.sin(self.angle)
         for amplitude, (kx, ky), phase in zip(
             self.wobble_amplitude, self.wobble_wavevector, self.wobble_phase, strict=True
         ):
-            u = u + amplitude * np.sin(kx * x + ky * y + phase)
+            a, b = kx * x + phase, ky * y
+            u = u + amplitude * (np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b))
         return u / self.width + self.phase
 
 
@@ -108,6 +110,7 @@ class Sample:
         self._terraces: dict[int, Terraces] = {}
         self._damage: dict[int, list[Features]] = {}
         self._damage_cache: dict[int, Features] = {}
+        self._blocks: dict[tuple[int, int, int, int, int], SurfacePatch] = {}
 
     # -- generation -------------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class Sample:
         lx = (arr[:, 0:1] + cfg.lobe_distance * np.cos(arms)).ravel()
         ly = (arr[:, 1:2] + cfg.lobe_distance * np.sin(arms)).ravel()
         lobes = Features(lx, ly, np.full(4 * n, cfg.lobe_sigma), np.repeat(height, 4))
-        middles = Features(arr[:, 0], arr[:, 1], np.full(n, 1.4 * cfg.lobe_sigma), 0.7 * height)
+        middles = Features(arr[:, 0], arr[:, 1], np.full(n, 1.4 * cfg.lobe_sigma), 0.6 * height)
         return lobes, middles
 
     def _debris(self, x0: float, y0: float, rng: np.random.Generator) -> Features:
@@ -209,13 +212,20 @@ class Sample:
         """Every feature touching the box ``[x0, x1] x [y0, y1]``, damage included."""
         t = self.config.tile_size
         margin = 15e-9  # the widest feature's reach
-        parts = [self.tile(area, ix, iy)
-                 for ix in range(math.floor((x0 - margin) / t), math.floor((x1 + margin) / t) + 1)
-                 for iy in range(math.floor((y0 - margin) / t), math.floor((y1 + margin) / t) + 1)]
+        key = (area, math.floor((x0 - margin) / t), math.floor((x1 + margin) / t),
+               math.floor((y0 - margin) / t), math.floor((y1 + margin) / t))
+        block = self._blocks.get(key)
+        if block is None:
+            if len(self._blocks) > 4096:
+                self._blocks.clear()
+            parts = [self.tile(area, ix, iy) for ix in range(key[1], key[2] + 1)
+                     for iy in range(key[3], key[4] + 1)]
+            block = self._blocks[key] = SurfacePatch.concat(parts)
         damage = self.damage(area)
         if len(damage):
-            parts.append(SurfacePatch(Features.empty(), Features.empty(), damage))
-        return SurfacePatch.concat(parts).within(x0, x1, y0, y1)
+            block = SurfacePatch(block.lobes, block.centres,
+                                 Features.concat([block.other, damage]))
+        return block.within(x0, x1, y0, y1)
 
     # -- damage -----------------------------------------------------------------------
 

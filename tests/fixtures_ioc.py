@@ -1,0 +1,1 @@
+"""IOC fixtures (placeholder until written)."""
