@@ -7,10 +7,10 @@ Used by the plans (what to write to the ``Tip:*`` PVs and which disc to block), 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class ActionKind(str, Enum):
+class ActionKind(StrEnum):
     """What an action physically does."""
 
     STALL = "stall"

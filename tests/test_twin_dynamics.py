@@ -193,3 +193,12 @@ def test_out_of_limit_requests_are_refused_and_change_nothing(call):
         call(instrument)
     after = (instrument.clock, instrument.action_count, instrument.frame_count, instrument.tip)
     assert before == after
+
+
+def test_readme_lists_the_tip_dynamics_as_implemented():
+    from pathlib import Path
+
+    from spm_bluesky.twin.tip import dynamics_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert dynamics_table(ACTIONS) in readme

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from .tip import (
 )
 
 
-class Fault(str, Enum):
+class Fault(StrEnum):
     """Faults that can be injected for reliability tests (``Sim:Fault``)."""
 
     NONE = "none"
@@ -126,7 +126,7 @@ class Instrument:
         err_x, err_y = self.position_error(line_times)
         shifts = (err_x - err_x[0]) / px
         moving = np.abs(shifts).max() > 0.01  # drift within the frame worth resampling for
-        margin = min(int(math.ceil(np.abs(shifts).max())) + 1, n) if moving else 0
+        margin = min(math.ceil(np.abs(shifts).max()) + 1, n) if moving else 0
         xs, ys = frame.axes()
         xs = np.concatenate([xs[0] - px * np.arange(margin, 0, -1), xs,
                              xs[-1] + px * np.arange(1, margin + 1)]) + err_x[0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from functools import cache
 
 import numpy as np
@@ -26,7 +26,7 @@ from spm_bluesky.actions import ActionKind, TipAction
 from .config import TipConfig
 
 
-class TipClass(str, Enum):
+class TipClass(StrEnum):
     """The tip classes an expert distinguishes; the value is the label used everywhere."""
 
     GOOD = "good"
@@ -52,7 +52,7 @@ SPONTANEOUS_WEIGHTS: dict[TipClass, float] = {
 }
 
 
-class Adsorbate(str, Enum):
+class Adsorbate(StrEnum):
     """How a picked-up molecule changes the imaging contrast."""
 
     BRIGHT_CENTRE = "bright_centre"  # lobes fade, the centre lights up: round blobs
@@ -321,3 +321,17 @@ def oracle_expected_actions(defects: frozenset[TipClass], actions: tuple[TipActi
     """The oracle's expected number of actions from a defect set to a good tip."""
     values, _ = _oracle_table(tuple(actions))
     return float(values[_set_index(defects)])
+
+
+def dynamics_table(actions: tuple[TipAction, ...]) -> str:
+    """Markdown table of repair / side-effect probabilities per action (for the README)."""
+    header = "| action | " + " | ".join(f"repairs {d.value}" for d in DEFECTS) + " | " + \
+        " | ".join(f"creates {d.value}" for d in DEFECTS) + " |"
+    lines = [header, "|" + "---|" * (1 + 2 * len(DEFECTS))]
+    for action in actions:
+        args = (action.kind, action.bias, action.duration, action.depth)
+        repair = [repair_probability(d, *args) for d in DEFECTS]
+        create = [creation_probability(d, *args) for d in DEFECTS]
+        lines.append(f"| {action.name} | " + " | ".join(f"{p:.2f}" for p in repair + create)
+                     + " |")
+    return "\n".join(lines)
