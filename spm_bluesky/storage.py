@@ -9,6 +9,8 @@ only). Facility mode is the same config with a PostgreSQL catalog URI. See docs/
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import os
 import re
 import secrets
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import numpy as np
 import yaml
 from bluesky_tiled_plugins import TiledWriter
 from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
-from event_model import unpack_event_page
+from event_model import RunRouter, unpack_event_page
 from tiled.client import from_uri
 from tiled.client.container import Container
 from tiled.queries import Eq
@@ -38,6 +40,8 @@ CATALOG_FILE = "catalog.db"
 TABLES_FILE = "tables.sqlite"
 ARRAYS_DIR = "data"
 JSON_SEQ_EXPORTER = "bluesky_tiled_plugins.exporters:json_seq_exporter"
+
+logger = logging.getLogger(__name__)
 
 #: Events per TiledWriter write. 1 puts every event in Tiled before the RunEngine moves on, so
 #: a crash of the acquiring process loses at most the event in flight (the library default,
@@ -73,6 +77,8 @@ class TiledConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
+        if self.api_key is not None and not _API_KEY.fullmatch(self.api_key):
+            raise ValueError("api_key must be letters and digits only (a tiled requirement)")
 
     @property
     def resolved_catalog_uri(self) -> str:
@@ -90,6 +96,9 @@ class TiledConfig:
         return f"sqlite:///{self.data_dir / TABLES_FILE}"
 
 
+_API_KEY = re.compile(r"[a-zA-Z0-9]+")
+
+
 def _is_postgresql(uri: str) -> bool:
     return uri.startswith(("postgresql", "postgres:"))
 
@@ -99,7 +108,7 @@ def load_or_create_api_key(data_dir: Path) -> str:
     path = Path(data_dir) / API_KEY_FILE
     if path.exists():
         key = path.read_text().strip()
-        if not re.fullmatch(r"[a-zA-Z0-9]+", key):
+        if not _API_KEY.fullmatch(key):
             raise ValueError(f"{path} does not hold an alphanumeric API key")
         return key
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +117,10 @@ def load_or_create_api_key(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key
+
+
+def _existing_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite") and Path(uri.split(":///", 1)[1]).is_file()
 
 
 def _log_config() -> dict[str, Any]:
@@ -130,7 +143,8 @@ def tiled_service_config(config: TiledConfig, api_key: str) -> dict[str, Any]:
                 str(config.data_dir / ARRAYS_DIR),
                 config.resolved_tabular_uri,
             ],
-            "init_if_not_exists": True,
+            # Initialising costs a tiled subprocess (seconds): skip it for an existing SQLite file.
+            "init_if_not_exists": not _existing_sqlite(config.resolved_catalog_uri),
             "specs": [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}],
         },
         "media_types": {"BlueskyRun": {"application/json-seq": JSON_SEQ_EXPORTER}},
@@ -224,6 +238,17 @@ def _read_tail(path: Path, n_chars: int, offset: int = 0) -> str:
         return ""
 
 
+def server_environment() -> dict[str, str]:
+    """This process's environment without ``TILED_*`` variables, for the server.
+
+    tiled 0.2.20 lets environment variables override its config file (``TILED_CATALOG_URI``
+    would swap the catalog, ``TILED_UVICORN`` the bind address), so the file written here is
+    kept the single source of truth. Plain tracebacks keep the log short.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILED_")}
+    return {**env, "_TYPER_STANDARD_TRACEBACK": "1", "NO_COLOR": "1"}
+
+
 _LISTENING = re.compile(r"Uvicorn running on (https?)://(\S+):(\d+)")
 
 
@@ -235,7 +260,9 @@ def start_server(config: TiledConfig, *, detach: bool = False) -> TiledServer:
     Raises ``TiledServerError`` with the server log if the port is taken, the server exits,
     or it does not come up within ``config.startup_timeout`` seconds.
     """
-    (config.data_dir / ARRAYS_DIR).mkdir(parents=True, exist_ok=True)
+    # A new data directory is private (0700): its files can be read without the API key.
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (config.data_dir / ARRAYS_DIR).mkdir(exist_ok=True)
     api_key = config.api_key or load_or_create_api_key(config.data_dir)
     if config.port:
         _check_port_free(config.host, config.port)
@@ -249,20 +276,16 @@ def start_server(config: TiledConfig, *, detach: bool = False) -> TiledServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=config.data_dir,
+            env=server_environment(),
             start_new_session=detach,
         )
-    server_log = ""
     deadline = time.monotonic() + config.startup_timeout
     try:
         while time.monotonic() < deadline:
             server_log = _read_tail(log_path, 1_000_000, offset)
             if process.poll() is not None:
-                reason = "the port is taken" if "address already in use" in server_log else (
-                    f"it exited with status {process.returncode}"
-                )
                 raise TiledServerError(
-                    f"Tiled server did not start: {reason}. Log ({log_path}):\n"
-                    + server_log[-4000:]
+                    _failure(f"it exited with status {process.returncode}", server_log, log_path)
                 )
             match = _LISTENING.search(server_log)
             if match:
@@ -272,13 +295,32 @@ def start_server(config: TiledConfig, *, detach: bool = False) -> TiledServer:
                     return TiledServer(process, uri, api_key, config, config_path, log_path)
             time.sleep(0.1)
         raise TiledServerError(
-            f"Tiled server did not answer within {config.startup_timeout} s. "
-            f"Log ({log_path}):\n" + server_log[-4000:]
+            _failure(
+                f"it did not answer within {config.startup_timeout} s",
+                _read_tail(log_path, 1_000_000, offset),
+                log_path,
+            )
         )
     except BaseException:
         process.kill()
         process.wait()
         raise
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*[\w.]*(Error|Exception)\b.*")
+
+
+def _failure(reason: str, server_log: str, log_path: Path) -> str:
+    """An error message: why, the last exception line in the log (the cause), the log's tail."""
+    if "address already in use" in server_log:
+        reason = "its port is taken"
+    lines = [line for line in server_log.splitlines() if line.strip()]
+    causes = [line.strip() for line in lines if _EXCEPTION_LINE.match(line)]
+    cause = causes[-1] if causes else (lines[-1].strip() if lines else "(empty log)")
+    return (
+        f"Tiled server did not start: {reason}: {cause}\n"
+        f"Server log ({log_path}), last lines:\n" + "\n".join(lines[-40:])
+    )
 
 
 def _answers(uri: str, api_key: str) -> bool:
@@ -305,22 +347,93 @@ def connect(uri: str, api_key: str) -> CatalogOfBlueskyRuns:
     return client
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class _RunWithBackup:
+    """One run's writer; if a write to Tiled fails, the whole run goes to a JSON-lines file.
+
+    Like TiledWriter's own ``backup_directory``, but numpy arrays in events survive: the
+    library's backup writer (bluesky-tiled-plugins 2.0.12) cannot encode them and leaves a
+    truncated line. The run's documents are kept in memory until its stop document.
+    """
+
+    def __init__(self, writer: DocumentCallback, path: Path) -> None:
+        self._writer = writer
+        self._path = path
+        self._pending: list[tuple[str, Document]] = []
+        self._failed = False
+
+    def __call__(self, name: str, doc: Document) -> None:
+        if not self._failed:
+            self._pending.append((name, doc))
+            try:
+                self._writer(name, doc)
+                return
+            except Exception:
+                logger.exception("Writing to Tiled failed; this run goes to %s", self._path)
+                self._failed = True
+        docs, self._pending = (self._pending or [(name, doc)]), []
+        with open(self._path, "a") as f:
+            for n, d in docs:
+                f.write(json.dumps({"name": n, "doc": d}, default=_json_default) + "\n")
+
+
+class BackedUpTiledWriter:
+    """A TiledWriter per run that falls back to ``<backup_directory>/<run uid>.jsonl``.
+
+    A failed write (Tiled down, a conflict) is logged and does not abort the plan; the run's
+    documents, from its start, are in the file for ``load_backup``.
+    """
+
+    def __init__(self, client: Container, *, batch_size: int, backup_directory: Path) -> None:
+        self._client = client.include_data_sources()  # what TiledWriter asks for: fetch once
+        self._batch_size = batch_size
+        self.backup_directory = Path(backup_directory)
+        self.backup_directory.mkdir(parents=True, exist_ok=True)
+        self._router = RunRouter([self._factory])
+
+    def _factory(self, name: str, start: Document) -> tuple[list[DocumentCallback], list[Any]]:
+        writer = TiledWriter(self._client, batch_size=self._batch_size)
+        path = self.backup_directory / f"{start['uid']}.jsonl"
+        return [_RunWithBackup(writer, path)], []
+
+    def __call__(self, name: str, doc: Document) -> None:
+        self._router(name, doc)
+
+
+def load_backup(path: Path | str) -> Iterator[tuple[str, Document]]:
+    """The (name, doc) pairs of a run written by ``BackedUpTiledWriter``.
+
+    Arrays come back as nested lists and events as ``event_page`` documents (what the run
+    router hands on). To re-ingest, delete the partial run from Tiled and feed these to
+    ``make_writer(client)``.
+    """
+    with open(path) as f:
+        for line in f:
+            item = json.loads(line)
+            yield item["name"], item["doc"]
+
+
 def make_writer(
     client: Container,
     *,
     batch_size: int = WRITER_BATCH_SIZE,
     backup_directory: Path | str | None = None,
-) -> TiledWriter:
-    """A TiledWriter for ``client``.
+) -> DocumentCallback:
+    """A document callback that writes runs into Tiled.
 
-    ``batch_size`` events are buffered before each write (see ``WRITER_BATCH_SIZE``). With a
-    ``backup_directory``, a run whose write to Tiled fails is written there as JSON lines
-    instead, and the failure does not abort the plan.
+    ``batch_size`` events are buffered before each write (see ``WRITER_BATCH_SIZE``). Without
+    a ``backup_directory`` it is a plain TiledWriter, and a failed write raises (the RunEngine
+    then aborts the plan); with one, see ``BackedUpTiledWriter``.
     """
-    return TiledWriter(
-        client,
-        batch_size=batch_size,
-        backup_directory=None if backup_directory is None else str(backup_directory),
+    if backup_directory is None:
+        return TiledWriter(client, batch_size=batch_size)
+    return BackedUpTiledWriter(
+        client, batch_size=batch_size, backup_directory=Path(backup_directory)
     )
 
 
@@ -331,9 +444,7 @@ def subscribe_writer(
     batch_size: int = WRITER_BATCH_SIZE,
     backup_directory: Path | str | None = None,
 ) -> int:
-    """Subscribe a TiledWriter (see ``make_writer``) to a RunEngine; return the token."""
-    if backup_directory is not None:
-        Path(backup_directory).mkdir(parents=True, exist_ok=True)
+    """Subscribe a Tiled writer (see ``make_writer``) to a RunEngine; return the token."""
     writer = make_writer(client, batch_size=batch_size, backup_directory=backup_directory)
     return RE.subscribe(writer)
 
@@ -367,23 +478,74 @@ def dedupe_events(docs: Iterable[tuple[str, Document]]) -> Iterator[tuple[str, D
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What ``replay`` delivered."""
+    """What ``replay`` delivered, by document name, and what it had to fix on the way.
+
+    ``duplicates_dropped``: repeated events removed; ``frames_repaired``: events whose array
+    data were re-paired with the right frames (a stream with retaken points).
+    """
 
     delivered: dict[str, int]
     duplicates_dropped: int
+    frames_repaired: int
 
 
-def replay(run: Container, callback: DocumentCallback, *, dedupe: bool = True) -> ReplayResult:
-    """Send a stored run's documents (``run.documents()``) to ``callback(name, doc)`` in order."""
+def _last_row_per_seq(seq_num: Iterable[int]) -> dict[int, int]:
+    """seq_num -> index of its last row (a suspender's retake supersedes the first take)."""
+    return {int(s): i for i, s in enumerate(seq_num)}
+
+
+def _retaken_frames(run: Container, stream: str) -> dict[str, dict[int, Any]]:
+    """field -> seq_num -> frame (as a list) for a stream whose table repeats a seq_num.
+
+    Empty when nothing repeats. Needed because the json-seq exporter (bluesky-tiled-plugins
+    2.0.12) keeps the last table row per seq_num but pairs array frames with events in storage
+    order, so after a retake the frames land on the wrong events.
+    """
+    parts = run[stream].base
+    if "internal" not in parts:
+        return {}
+    seq_num = parts["internal"].read(columns=["seq_num"])["seq_num"].to_numpy()
+    last = _last_row_per_seq(seq_num)
+    if len(last) == len(seq_num):
+        return {}
+    data_keys = parts.metadata.get("data_keys", {})
+    frames: dict[str, dict[int, Any]] = {}
+    for key in parts:
+        if key == "internal" or data_keys.get(key, {}).get("external"):
+            continue
+        values = parts[key].read()
+        if len(values) == len(seq_num):
+            frames[key] = {s: values[i].tolist() for s, i in last.items()}
+    return frames
+
+
+def replay(run: Container, callback: DocumentCallback) -> ReplayResult:
+    """Send a stored run's documents (``run.documents()``) to ``callback(name, doc)`` in order.
+
+    Events come back once per (stream, seq_num), the last take when a suspender made the plan
+    take a point again, with that take's array data. Event uids are not the original ones: the
+    SQL layout does not keep them (the exporter makes ``event-<descriptor>-<seq_num>``).
+    """
     docs = list(run.documents())
-    n_events = sum(1 for name, _ in docs if name == "event")
-    if dedupe:
-        docs = list(dedupe_events(docs))
-    delivered: dict[str, int] = {}
+    stream_of = {doc["uid"]: doc["name"] for name, doc in docs if name == "descriptor"}
+    retaken = {stream: _retaken_frames(run, stream) for stream in set(stream_of.values())}
+    repaired = 0
+    n_events = 0
+    fixed: list[tuple[str, Document]] = []
     for name, doc in docs:
+        if name == "event":
+            n_events += 1
+            frames = retaken[stream_of[doc["descriptor"]]]
+            if frames:
+                data = {**doc["data"], **{k: v[doc["seq_num"]] for k, v in frames.items()}}
+                doc = {**doc, "data": data}
+                repaired += 1
+        fixed.append((name, doc))
+    delivered: dict[str, int] = {}
+    for name, doc in dedupe_events(fixed):
         callback(name, doc)
         delivered[name] = delivered.get(name, 0) + 1
-    return ReplayResult(delivered, n_events - delivered.get("event", 0) if dedupe else 0)
+    return ReplayResult(delivered, n_events - delivered.get("event", 0), repaired)
 
 
 @dataclass(frozen=True)
@@ -394,7 +556,7 @@ class ImageStack:
     seq_num: np.ndarray
     time: np.ndarray
     units: str | None
-    data_key: dict[str, Any] = field(default_factory=dict)
+    data_key: dict[str, Any]
 
 
 def read_image_stream(run: Container, field: str, stream: str = "primary") -> ImageStack:
@@ -402,23 +564,22 @@ def read_image_stream(run: Container, field: str, stream: str = "primary") -> Im
 
     Reads the array node directly (a square image through the stream's xarray view gets the
     same dim name twice) and pairs its rows with the stream's table rows, which TiledWriter
-    appends together. Repeated ``seq_num`` (a suspender rewind) keep the last frame.
+    appends together. A repeated ``seq_num`` (a suspender's retake) keeps the last frame.
     """
-    stream_node = run[stream]
-    array_node = stream_node[field]
-    images = np.asarray(array_node.read())
+    parts = run[stream].base
+    images = np.asarray(parts[field].read())
     if images.ndim != 3:
         raise ValueError(f"{stream}/{field} has shape {images.shape}, not (events, rows, cols)")
-    table = stream_node.base["internal"].read() if "internal" in stream_node.base else None
-    if table is None or len(table) != len(images):
+    table = parts["internal"].read(columns=["seq_num", "time"])
+    if len(table) != len(images):
         raise ValueError(
-            f"{stream}/{field} has {len(images)} frames but the stream table has "
-            f"{0 if table is None else len(table)} rows; cannot pair frames with events"
+            f"{stream}/{field} has {len(images)} frames but the stream table has {len(table)} "
+            "rows; cannot pair frames with events"
         )
     seq_num = table["seq_num"].to_numpy()
-    keep = {int(s): i for i, s in enumerate(seq_num)}  # last row per seq_num
-    order = np.array([keep[s] for s in sorted(keep)], dtype=int)
-    data_key = dict(stream_node.metadata.get("data_keys", {}).get(field, {}))
+    last = _last_row_per_seq(seq_num)
+    order = np.array([last[s] for s in sorted(last)], dtype=int)
+    data_key = dict(parts.metadata.get("data_keys", {}).get(field, {}))
     return ImageStack(
         images=images[order],
         seq_num=seq_num[order],

@@ -10,4 +10,4 @@ from spm_bluesky.epics_env import use_private_loopback_ca
 CA_ENV = use_private_loopback_ca()
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-pytest_plugins = ["tests.fixtures_ioc"]
+pytest_plugins = ["tests.fixtures_ioc", "tests.fixtures_tiled"]
