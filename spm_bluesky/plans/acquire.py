@@ -1,0 +1,159 @@
+"""Imaging plans: one frame at a given place, and a survey along DeepSPM's spiral.
+
+A survey is one run with one event per image in the ``primary`` stream (image, frame
+centre, size, pixels, area index, frame counter, clock); with the twin, each image also
+gets a ``truth`` event with the true tip class.
+"""
+
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import MsgGenerator
+
+from spm_bluesky import limits
+from spm_bluesky.area import CELL_SIZE, MAX_DISTANCE, AreaMask
+from spm_bluesky.devices import STM
+
+from ._common import check_count, check_scan_settings, check_stm, read_truth, run_metadata
+
+
+def set_frame(
+    stm: STM,
+    x: float,
+    y: float,
+    size: float,
+    pixels: int,
+    bias: float | None = None,
+    setpoint: float | None = None,
+    speed: float | None = None,
+) -> MsgGenerator[None]:
+    """Write a frame's settings (already validated), keeping the frame inside the range.
+
+    When the frame grows, the centre moves first; when it shrinks, the size changes first,
+    so no intermediate centre/size pair reaches outside the piezo range.
+    """
+    settings: list[Any] = [stm.scan.pixels, int(pixels)]
+    for signal, value in ((stm.scan.bias, bias), (stm.scan.setpoint, setpoint),
+                          (stm.scan.speed, speed)):
+        if value is not None:
+            settings += [signal, value]
+    yield from bps.mv(*settings)
+    current_size = yield from bps.rd(stm.scan.size, default_value=size)
+    centre = [stm.scan.center_x, x, stm.scan.center_y, y]
+    if size <= current_size:
+        yield from bps.mv(stm.scan.size, size)
+        yield from bps.mv(*centre)
+    else:
+        yield from bps.mv(*centre)
+        yield from bps.mv(stm.scan.size, size)
+
+
+def acquire_image(
+    stm: STM,
+    x: float,
+    y: float,
+    size: float = 10e-9,
+    pixels: int = 64,
+    bias: float | None = None,
+    setpoint: float | None = None,
+    speed: float | None = None,
+    session_uid: str | None = None,
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[str]:
+    """Scan one frame centred at (x, y) (m, inside the approach area) in a run of its own.
+
+    ``bias`` (V), ``setpoint`` (A) and ``speed`` (m/s) are written only when given. Every
+    parameter is checked against ``spm_bluesky.limits`` before anything is written.
+    Returns the run's uid.
+    """
+    check_stm(stm)
+    limits.check_frame(x, y, size, pixels)
+    check_scan_settings(bias, setpoint, speed)
+    plan_args = {"x": x, "y": y, "size": size, "pixels": pixels, "bias": bias,
+                 "setpoint": setpoint, "speed": speed}
+    run_md = yield from run_metadata(stm, "acquire_image", plan_args, session_uid, md)
+
+    @bpp.run_decorator(md=run_md)
+    def inner() -> MsgGenerator[None]:
+        yield from set_frame(stm, x, y, size, pixels, bias, setpoint, speed)
+        yield from bps.trigger_and_read([stm.scan])
+        yield from read_truth(stm)
+
+    return (yield from inner())
+
+
+def survey(
+    stm: STM,
+    n_images: int,
+    size: float = 10e-9,
+    pixels: int = 64,
+    mask_path: str | None = None,
+    block_radius: float | None = None,
+    max_distance: float = MAX_DISTANCE,
+    bias: float | None = None,
+    setpoint: float | None = None,
+    speed: float | None = None,
+    session_uid: str | None = None,
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[int]:
+    """Scan ``n_images`` frames along DeepSPM's spiral-closest path, in one run.
+
+    Cells of 10 nm form the approach-area mask (:class:`~spm_bluesky.area.AreaMask`); each
+    frame is centred on the free cell minimising ``max(|i|, |j|) + distance`` within
+    ``max_distance`` of the last frame, after which a disc of ``block_radius`` (default:
+    half the frame size) around it is blocked. With ``mask_path`` the mask is loaded from
+    and saved to that JSON file after every image, so a restarted session goes on where it
+    stopped (a mask from another approach area is replaced by a fresh one).
+
+    One event per image in the ``primary`` stream. Stops early, still successfully, when no
+    free cell is left in reach (then move to a fresh area). Returns the number of images.
+    """
+    check_stm(stm)
+    check_count("n_images", n_images)
+    limits.check_frame(0.0, 0.0, size, pixels)
+    check_scan_settings(bias, setpoint, speed)
+    radius = size / 2 if block_radius is None else block_radius
+    if not 0 <= radius <= limits.APPROACH_AREA_SIZE:
+        raise ValueError(f"block_radius={block_radius!r} m must be between 0 and the area size")
+    if not max_distance > 0:
+        raise ValueError(f"max_distance={max_distance!r} m must be positive")
+
+    area_index = yield from bps.rd(stm.status.area_index)
+    start_x = yield from bps.rd(stm.scan.center_x)
+    start_y = yield from bps.rd(stm.scan.center_y)
+    mask = AreaMask.load_or_new(mask_path, int(area_index), (start_x, start_y), CELL_SIZE)
+    plan_args = {"n_images": n_images, "size": size, "pixels": pixels, "mask_path": mask_path,
+                 "block_radius": block_radius, "max_distance": max_distance, "bias": bias,
+                 "setpoint": setpoint, "speed": speed}
+    run_md = yield from run_metadata(stm, "survey", plan_args, session_uid, md)
+    run_md["num_points"] = n_images
+    run_md["area_mask"] = {"path": mask_path, "area_index": mask.area_index,
+                           "cell_size": mask.cell_size, "free_cells": mask.free_cells,
+                           "start_position": list(mask.position), "block_radius": radius}
+
+    taken = 0
+
+    def images() -> MsgGenerator[None]:
+        nonlocal taken
+        for _ in range(n_images):
+            cell = mask.next_cell(margin=size / 2, max_distance=max_distance)
+            if cell is None:
+                break
+            x, y = cell
+            limits.check_frame(x, y, size, pixels)
+            yield from bps.checkpoint()
+            if taken == 0:
+                yield from set_frame(stm, x, y, size, pixels, bias, setpoint, speed)
+            else:
+                yield from bps.mv(stm.scan.center_x, x, stm.scan.center_y, y)
+            yield from bps.trigger_and_read([stm.scan])
+            yield from read_truth(stm)
+            mask.block_disc(x, y, radius)
+            mask.position = (x, y)
+            if mask_path is not None:
+                mask.save(mask_path)
+            taken += 1
+
+    yield from bpp.run_wrapper(images(), md=run_md)
+    return taken
