@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from spm_bluesky.services import add_commands as add_service_commands
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--out", default="gallery.png", help="PNG to write (default: %(default)s)")
     gallery.add_argument("--seed", type=int, default=0, help="twin seed (default: %(default)s)")
     gallery.set_defaults(handler=_gallery)
+    add_service_commands(commands)
     return parser
 
 

@@ -36,8 +36,6 @@ def loopback_ca_env(server_port: int, repeater_port: int) -> dict[str, str]:
         "EPICS_CA_ADDR_LIST": "127.0.0.1",
         "EPICS_CA_AUTO_ADDR_LIST": "NO",
         "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
         "EPICS_CA_MAX_ARRAY_BYTES": str(MAX_ARRAY_BYTES),
     }
 
