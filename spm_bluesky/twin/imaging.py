@@ -59,12 +59,13 @@ class Frame:
 
 
 def gaussian_sum(features: Features, xs: np.ndarray, ys: np.ndarray, blur: float,
-                 gain: float = 1.0) -> np.ndarray:
+                 gain: float | np.ndarray = 1.0) -> np.ndarray:
     """Sum of Gaussians (each convolved with a Gaussian of width ``blur``) on a grid.
 
-    Separable: ``G_y diag(a) G_x`` costs one small matrix product.
+    ``gain`` scales the amplitudes (one value, or one per feature). Separable:
+    ``G_y diag(a) G_x`` costs one small matrix product.
     """
-    if len(features) == 0 or gain == 0.0:
+    if len(features) == 0:
         return np.zeros((len(ys), len(xs)))
     var = features.sigma**2 + blur**2
     amp = gain * features.amp * features.sigma**2 / var
@@ -91,11 +92,12 @@ def surface(patch: SurfacePatch, terraces: Terraces, tip: TipState, xs: np.ndarr
             ys: np.ndarray, step_height: float) -> np.ndarray:
     """What one apex of radius ``tip.radius`` sees: the blurred surface, with adsorbate contrast."""
     blur = BLUR_PER_RADIUS * tip.radius
-    lobe_gain, centre_gain = tip.adsorbate.gains if tip.adsorbate else (1.0, 1.0)
-    return (steps(terraces, xs, ys, blur, step_height)
-            + gaussian_sum(patch.lobes, xs, ys, blur, lobe_gain)
-            + gaussian_sum(patch.centres, xs, ys, blur, centre_gain)
-            + gaussian_sum(patch.other, xs, ys, blur))
+    heights = steps(terraces, xs, ys, blur, step_height)
+    if tip.adsorbate is None:
+        return heights + gaussian_sum(patch.features, xs, ys, blur)
+    lobe_gain, centre_gain = tip.adsorbate.gains
+    gains = np.array([lobe_gain, centre_gain, 1.0])[patch.kind]  # indexed by FeatureKind
+    return heights + gaussian_sum(patch.features, xs, ys, blur, gains)
 
 
 def topography(patch: SurfacePatch, terraces: Terraces, tip: TipState, xs: np.ndarray,
@@ -141,7 +143,7 @@ def add_noise(image: np.ndarray, rng: np.random.Generator, config: NoiseConfig,
     """White noise, noise correlated along the fast axis, and per-line offsets."""
     rows, cols = image.shape
     rho = config.fast_axis_correlation
-    drive, white = rng.standard_normal((2, rows, cols))
+    drive, white = rng.standard_normal((2, rows, cols), dtype=np.float32)
     correlated = lfilter([config.fast_axis * math.sqrt(1 - rho * rho) * scale], [1.0, -rho],
                          drive, axis=1)
     offsets = rng.standard_normal((rows, 1)) * (config.line_offset * scale)

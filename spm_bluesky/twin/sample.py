@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
@@ -53,26 +54,64 @@ class Features:
         return Features(self.x[keep], self.y[keep], self.sigma[keep], self.amp[keep])
 
 
+class FeatureKind(IntEnum):
+    """How the tip images a feature: molecule lobes and centres react to an adsorbate."""
+
+    LOBE = 0
+    CENTRE = 1
+    OTHER = 2  # debris, rough patches, damage: imaged the same by every tip
+
+
 @dataclass(frozen=True)
 class SurfacePatch:
-    """The features of one region, split by how the tip images them."""
+    """The features of one region in one set, each tagged with its :class:`FeatureKind`."""
 
-    lobes: Features  # the four lobes of each molecule
-    centres: Features  # each molecule's centre
-    other: Features  # debris, rough patches, damage: imaged the same by every tip
+    features: Features
+    kind: np.ndarray  # FeatureKind codes, one per feature
+
+    @staticmethod
+    def of(lobes: Features, centres: Features, other: Features) -> SurfacePatch:
+        """A patch from its three kinds of features."""
+        kind = np.repeat(np.array([FeatureKind.LOBE, FeatureKind.CENTRE, FeatureKind.OTHER],
+                                  dtype=np.int8), [len(lobes), len(centres), len(other)])
+        return SurfacePatch(Features.concat([lobes, centres, other]), kind)
 
     @staticmethod
     def concat(parts: list[SurfacePatch]) -> SurfacePatch:
         """All features of ``parts`` together."""
-        return SurfacePatch(Features.concat([p.lobes for p in parts]),
-                            Features.concat([p.centres for p in parts]),
-                            Features.concat([p.other for p in parts]))
+        return SurfacePatch(Features.concat([p.features for p in parts]),
+                            np.concatenate([p.kind for p in parts]))
+
+    def _select(self, keep: np.ndarray) -> SurfacePatch:
+        f = self.features
+        return SurfacePatch(Features(f.x[keep], f.y[keep], f.sigma[keep], f.amp[keep]),
+                            self.kind[keep])
 
     def within(self, x0: float, x1: float, y0: float, y1: float) -> SurfacePatch:
-        """The features touching the box."""
-        return SurfacePatch(self.lobes.within(x0, x1, y0, y1),
-                            self.centres.within(x0, x1, y0, y1),
-                            self.other.within(x0, x1, y0, y1))
+        """The features whose 4-sigma footprint touches the box."""
+        f = self.features
+        reach = 4 * f.sigma
+        return self._select((f.x + reach >= x0) & (f.x - reach <= x1)
+                            & (f.y + reach >= y0) & (f.y - reach <= y1))
+
+    def of_kind(self, kind: FeatureKind) -> Features:
+        """The features of one kind."""
+        return self._select(self.kind == kind).features
+
+    @property
+    def lobes(self) -> Features:
+        """The four lobes of each molecule."""
+        return self.of_kind(FeatureKind.LOBE)
+
+    @property
+    def centres(self) -> Features:
+        """Each molecule's centre (one per molecule)."""
+        return self.of_kind(FeatureKind.CENTRE)
+
+    @property
+    def other(self) -> Features:
+        """Debris, rough patches and damage."""
+        return self.of_kind(FeatureKind.OTHER)
 
 
 @dataclass(frozen=True)
@@ -167,7 +206,7 @@ class Sample:
                                 cy + pitch * (i * math.sin(angle) + j * math.cos(angle)), angle))
         lobes, middles = self._molecules(centres, rng)
         other = [self._debris(x0, y0, rng), self._rough(x0, y0, rng)]
-        return SurfacePatch(lobes, middles, Features.concat(other))
+        return SurfacePatch.of(lobes, middles, Features.concat(other))
 
     def _molecules(self, centres: list[tuple[float, float, float]],
                    rng: np.random.Generator) -> tuple[Features, Features]:
@@ -223,8 +262,8 @@ class Sample:
             block = self._blocks[key] = SurfacePatch.concat(parts)
         damage = self.damage(area)
         if len(damage):
-            block = SurfacePatch(block.lobes, block.centres,
-                                 Features.concat([block.other, damage]))
+            empty = Features.empty()
+            block = SurfacePatch.concat([block, SurfacePatch.of(empty, empty, damage)])
         return block.within(x0, x1, y0, y1)
 
     # -- damage -----------------------------------------------------------------------
