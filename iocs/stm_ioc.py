@@ -2,7 +2,7 @@
 
 Start it with ``spm-ioc --prefix STM: --seed 0`` (or ``python -m iocs.stm_ioc``); it binds
 127.0.0.1 by default and prints one ready line. ``spm-ioc --list-pvs`` prints the PV table
-(the same table as ``docs/ioc.md``).
+(the same table as the README's PV table).
 
 How it behaves:
 
@@ -379,7 +379,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def pv_table(prefix: str = DEFAULT_PREFIX) -> str:
-    """The Markdown PV table of an IOC with ``prefix`` (``--list-pvs``, docs/ioc.md)."""
+    """The Markdown PV table of an IOC with ``prefix`` (``--list-pvs`` and the README)."""
     return markdown_table(pv_rows(StmIOC(prefix, TwinWorker(Instrument(0)))))
 
 

@@ -3,7 +3,7 @@
 The embedded server is tiled's own ``tiled serve config`` in a subprocess, over a config file
 that this module writes into the data directory (SQLite catalog, zarr arrays, SQLite tables,
 ``CatalogOfBlueskyRuns`` root spec, the ``BlueskyRun`` json-seq exporter, an API key, loopback
-only). Facility mode is the same config with a PostgreSQL catalog URI. See docs/storage.md.
+only). Facility mode is the same config with a PostgreSQL catalog URI. See the README, "Storage".
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: Events per TiledWriter write. 1 puts every event in Tiled before the RunEngine moves on, so
 #: a crash of the acquiring process loses at most the event in flight (the library default,
-#: 10000, holds a whole run in memory until its stop document). Cost: docs/storage.md.
+#: 10000, holds a whole run in memory until its stop document). Cost: the README, "Storage".
 WRITER_BATCH_SIZE = 1
 
 Document = dict[str, Any]
@@ -342,7 +342,7 @@ def connect(uri: str, api_key: str) -> CatalogOfBlueskyRuns:
     if not isinstance(client, CatalogOfBlueskyRuns):
         raise TypeError(
             f"{uri} is a {type(client).__name__}, not a CatalogOfBlueskyRuns: point the URI at "
-            "the node with that spec (see docs/storage.md)"
+            "the node with that spec (see the README, 'Storage')"
         )
     return client
 

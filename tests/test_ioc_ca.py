@@ -116,8 +116,8 @@ def test_list_pvs_lists_every_contract_pv() -> None:
 
 
 def test_docs_table_matches_list_pvs() -> None:
-    docs = (REPO_ROOT / "docs" / "ioc.md").read_text()
-    assert pv_table() in docs, "regenerate the table in docs/ioc.md: spm-ioc --list-pvs"
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert pv_table() in readme, "regenerate the README's PV table: spm-ioc --list-pvs"
 
 
 # -- reading --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from bluesky.utils import PersistentDict, ProgressBarManager
 from spm_bluesky.session import LatestImage
 
 RE = RunEngine()
-# One process at a time per directory (zict): see docs/session.md.
+# One process at a time per directory (zict): see the README, "The session".
 RE.md = PersistentDict(str(settings.metadata_dir))
 
 bec = BestEffortCallback()

@@ -68,10 +68,15 @@ def gaussian_sum(features: Features, xs: np.ndarray, ys: np.ndarray, blur: float
     if len(features) == 0:
         return np.zeros((len(ys), len(xs)))
     var = features.sigma**2 + blur**2
-    amp = gain * features.amp * features.sigma**2 / var
-    gx = np.exp(-((xs[None, :] - features.x[:, None]) ** 2) / (2 * var[:, None]))
-    gy = np.exp(-((ys[:, None] - features.y[None, :]) ** 2) / (2 * var[None, :]))
-    return (gy * amp) @ gx
+    amp = (gain * features.amp * features.sigma**2 / var).astype(np.float32)
+    # Offsets are taken in float64 (positions span the whole area), the rest in float32:
+    # relative 1e-7 of a few nm is far below the noise, and exp and matmul run twice as fast.
+    scale = (-0.5 / var).astype(np.float32)
+    dx = (xs[None, :] - features.x[:, None]).astype(np.float32)
+    dy = (ys[:, None] - features.y[None, :]).astype(np.float32)
+    gx = np.exp(dx * dx * scale[:, None])
+    gy = np.exp(dy * dy * scale[None, :])
+    return ((gy * amp) @ gx).astype(np.float64)
 
 
 def steps(terraces: Terraces, xs: np.ndarray, ys: np.ndarray, blur: float,
