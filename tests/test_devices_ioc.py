@@ -193,7 +193,8 @@ BAD_PLANS = [
 ]
 
 
-def test_bad_parameters_are_refused_before_any_pv_is_written(RE, docs, ioc):
+def test_bad_parameters_are_refused_before_any_pv_is_written(RE, docs, start_ioc):
+    ioc = start_ioc()  # its own IOC: the session one stays as the fixture promises
     stm = connect_stm(ioc)
     RE(acquire_image(stm, 0.0, 0.0, pixels=16))  # a known state, and proof the IOC works
     docs.clear()
@@ -205,7 +206,8 @@ def test_bad_parameters_are_refused_before_any_pv_is_written(RE, docs, ioc):
     assert pv_snapshot(ioc, WATCHED) == before
 
 
-def test_device_without_sim_part_drives_the_ioc(RE, docs, ioc):
+def test_device_without_sim_part_drives_the_ioc(RE, docs, start_ioc):
+    ioc = start_ioc()
     stm = connect_stm(ioc, sim=False)
     counter = pv_value(ioc, "Scan:FrameCounter")
     RE(acquire_image(stm, 30e-9, 30e-9, size=5e-9, pixels=24))
