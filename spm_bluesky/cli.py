@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from spm_bluesky.ml.cli import add_commands as add_ml_commands
 from spm_bluesky.services import add_commands as add_service_commands
 
 Handler = Callable[[argparse.Namespace], int]
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--seed", type=int, default=0, help="twin seed (default: %(default)s)")
     gallery.set_defaults(handler=_gallery)
     add_service_commands(commands)
+    add_ml_commands(commands)
     return parser
 
 
