@@ -12,7 +12,6 @@ import time
 import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky.utils import FailedStatus
 from caproto.sync.client import read as ca_read
 from event_model import DocumentNames, schema_validators
@@ -44,21 +43,6 @@ def pv_snapshot(ioc, names) -> dict[str, tuple]:
         snapshot[name] = (tuple(np.atleast_1d(response.data).tolist()),
                           response.metadata.timestamp)
     return snapshot
-
-
-@pytest.fixture
-def RE():
-    engine = RunEngine(call_returns_result=True)
-    yield engine
-    if engine.state != "idle":
-        engine.halt()
-
-
-@pytest.fixture
-def docs(RE):
-    collected: list[tuple[str, dict]] = []
-    RE.subscribe(lambda name, doc: collected.append((name, doc)))
-    return collected
 
 
 def connect_stm(ioc, sim: bool = True) -> STM:

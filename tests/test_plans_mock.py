@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky_queueserver.manager import profile_ops
 from ophyd_async.core import (
     SignalW,
@@ -85,21 +84,6 @@ class FakeController:
         self.area += 1
         set_mock_value(self.stm.status.area_index, self.area)
         set_mock_value(self.stm.scan.area_index, self.area)
-
-
-@pytest.fixture
-def RE():
-    engine = RunEngine(call_returns_result=True)
-    yield engine
-    if engine.state != "idle":
-        engine.halt()
-
-
-@pytest.fixture
-def docs(RE):
-    collected: list[tuple[str, dict]] = []
-    RE.subscribe(lambda name, doc: collected.append((name, doc)))
-    return collected
 
 
 def make_stm(RE, sim: bool = True) -> tuple[STM, FakeController]:
