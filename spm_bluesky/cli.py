@@ -7,7 +7,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from spm_bluesky.autonomy_cli import add_commands as add_autonomy_commands
+from spm_bluesky.ml.agent_cli import add_commands as add_agent_commands
 from spm_bluesky.ml.cli import add_commands as add_ml_commands
+from spm_bluesky.report_cli import add_commands as add_report_commands
 from spm_bluesky.services import add_commands as add_service_commands
 
 Handler = Callable[[argparse.Namespace], int]
@@ -34,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.set_defaults(handler=_gallery)
     add_service_commands(commands)
     add_ml_commands(commands)
+    add_agent_commands(commands)
+    add_report_commands(commands)
+    add_autonomy_commands(commands)
     return parser
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import yaml
 from bluesky_tiled_plugins import TiledWriter
 from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
@@ -47,6 +48,11 @@ logger = logging.getLogger(__name__)
 #: a crash of the acquiring process loses at most the event in flight (the library default,
 #: 10000, holds a whole run in memory until its stop document). Cost: the README, "Storage".
 WRITER_BATCH_SIZE = 1
+#: Largest internal array kept in a stream's SQL table. TiledWriter's default (16) sends
+#: short 1-D arrays (an action mask, one Q-value per action) to SQL as list columns, which
+#: Tiled's SQL storage refuses (HTTP 500, "Unsupported PyArrow type: list<item: int64>");
+#: 0 writes every array as its own array node instead.
+WRITER_MAX_ARRAY_SIZE = 0
 
 Document = dict[str, Any]
 DocumentCallback = Callable[[str, Document], Any]
@@ -397,7 +403,8 @@ class BackedUpTiledWriter:
         self._router = RunRouter([self._factory])
 
     def _factory(self, name: str, start: Document) -> tuple[list[DocumentCallback], list[Any]]:
-        writer = TiledWriter(self._client, batch_size=self._batch_size)
+        writer = TiledWriter(self._client, batch_size=self._batch_size,
+                             max_array_size=WRITER_MAX_ARRAY_SIZE)
         path = self.backup_directory / f"{start['uid']}.jsonl"
         return [_RunWithBackup(writer, path)], []
 
@@ -431,7 +438,7 @@ def make_writer(
     then aborts the plan); with one, see ``BackedUpTiledWriter``.
     """
     if backup_directory is None:
-        return TiledWriter(client, batch_size=batch_size)
+        return TiledWriter(client, batch_size=batch_size, max_array_size=WRITER_MAX_ARRAY_SIZE)
     return BackedUpTiledWriter(
         client, batch_size=batch_size, backup_directory=Path(backup_directory)
     )
@@ -546,6 +553,19 @@ def replay(run: Container, callback: DocumentCallback) -> ReplayResult:
         callback(name, doc)
         delivered[name] = delivered.get(name, 0) + 1
     return ReplayResult(delivered, n_events - delivered.get("event", 0), repaired)
+
+
+def read_stream_table(run: Container, stream: str) -> pd.DataFrame | None:
+    """The scalar columns of ``stream``, one row per ``seq_num`` (the last take, as
+    :func:`dedupe_events` keeps it), indexed and ordered by ``seq_num``; None when the run
+    has no such table. Reads the table alone, never the array nodes."""
+    if stream not in run:
+        return None
+    parts = run[stream].base
+    if "internal" not in parts:
+        return None
+    table = parts["internal"].read()
+    return table.drop_duplicates("seq_num", keep="last").set_index("seq_num").sort_index()
 
 
 @dataclass(frozen=True)

@@ -94,14 +94,27 @@ class IocLauncher:
         if not free:
             raise RuntimeError(f"at most {MAX_IOCS} test IOCs can run at once "
                                f"(tests/fixtures_ioc.py MAX_IOCS)")
-        prefix = f"T{uuid.uuid4().hex[:8]}:"
-        out, err = self.log_dir / f"{prefix[:-1]}.out", self.log_dir / f"{prefix[:-1]}.err"
+        return self._launch(f"T{uuid.uuid4().hex[:8]}:", free[0], seed, time_scale)
+
+    def restart(self, ioc: IocProcess, seed: int = 0, time_scale: float = 0.0) -> IocProcess:
+        """Start a fresh IOC with the prefix and port of ``ioc`` (stopped first if running).
+
+        Clients that were connected to ``ioc`` reconnect to the new one by themselves.
+        """
+        ioc.stop()
+        self.running = [other for other in self.running if other is not ioc]
+        return self._launch(ioc.prefix, ioc.port, seed, time_scale)
+
+    def _launch(self, prefix: str, port: int, seed: int, time_scale: float) -> IocProcess:
+        """Start ``python -m iocs.stm_ioc`` on ``prefix`` and ``port``; wait until it is ready."""
+        stem = f"{prefix[:-1]}-{len(list(self.log_dir.glob(prefix[:-1] + '*.out')))}"
+        out, err = self.log_dir / f"{stem}.out", self.log_dir / f"{stem}.err"
         command = [sys.executable, "-m", "iocs.stm_ioc", "--prefix", prefix, "--seed", str(seed),
-                   "--port", str(free[0]), "--time-scale", repr(float(time_scale))]
+                   "--port", str(port), "--time-scale", repr(float(time_scale))]
         with out.open("wb") as stdout, err.open("wb") as stderr:
             process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=REPO_ROOT,
                                        env=dict(os.environ))
-        ioc = IocProcess(prefix, process.pid, process, free[0], err)
+        ioc = IocProcess(prefix, process.pid, process, port, err)
         self.running.append(ioc)
         deadline = time.monotonic() + READY_TIMEOUT
         while READY_PREFIX not in out.read_text(errors="replace"):
@@ -144,5 +157,22 @@ def start_ioc(_ioc_launcher: IocLauncher) -> Iterator[Callable[..., IocProcess]]
         return ioc
 
     yield start
+    for ioc in started:
+        ioc.stop()
+
+
+@pytest.fixture
+def restart_ioc(_ioc_launcher: IocLauncher) -> Iterator[Callable[..., IocProcess]]:
+    """Factory ``restart_ioc(ioc, seed=0, time_scale=0.0) -> IocProcess``: kill ``ioc`` and
+    start a fresh one on its prefix and port (a crash and restart of the IOC); stopped after
+    the test."""
+    started: list[IocProcess] = []
+
+    def restart(ioc: IocProcess, seed: int = 0, time_scale: float = 0.0) -> IocProcess:
+        new = _ioc_launcher.restart(ioc, seed, time_scale)
+        started.append(new)
+        return new
+
+    yield restart
     for ioc in started:
         ioc.stop()

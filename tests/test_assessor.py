@@ -79,25 +79,22 @@ def held_out(assessor):
 @pytest.mark.slow
 @pytest.mark.parametrize("metric", list(GOALS))
 def test_held_out_metrics_meet_the_goals(held_out, metric):
-    """The goals of issue 4 on the observable frames of a fresh held-out set."""
-    goal = held_out.observable.goals()[metric]
+    """The goals of issue 4 on every frame of a fresh held-out set."""
+    goal = held_out.all_frames.goals()[metric]
     assert goal["met"], f"{metric} = {goal['value']:.4f}, goal {goal['goal']}\n" \
                         f"{held_out.text()}"
 
 
 @pytest.mark.slow
-def test_all_frames_lose_only_what_cannot_show(held_out):
-    """About a fifth of the unstable frames have no flip and a few percent of all frames
-    no molecule; with them in, the figures drop by about what those frames cost (see
-    the README, "The tip-quality assessor")."""
-    assert 0.08 * N_HELD_OUT / 5 <= held_out.no_flip <= 0.35 * N_HELD_OUT / 5
+def test_observable_frames_are_the_rest_and_judged_at_least_as_well(held_out):
+    """A few percent of the unstable frames have no flip and of all frames no molecule;
+    without them the figures are no worse (see the README, "The tip-quality assessor")."""
+    assert 0.005 * N_HELD_OUT / 5 <= held_out.no_flip <= 0.12 * N_HELD_OUT / 5
     assert 0.01 * N_HELD_OUT <= held_out.no_molecule <= 0.08 * N_HELD_OUT
     assert held_out.observable.n_images == N_HELD_OUT - held_out.no_flip - held_out.no_molecule
-    everything = held_out.all_frames
-    assert everything.n_images == N_HELD_OUT
-    assert everything.auc_good >= 0.96
-    assert everything.accuracy_good >= 0.92
-    assert everything.balanced_accuracy >= 0.85
+    assert held_out.all_frames.n_images == N_HELD_OUT
+    assert held_out.observable.auc_good >= held_out.all_frames.auc_good
+    assert held_out.observable.accuracy_good >= held_out.all_frames.accuracy_good
 
 
 def test_seed_ranges_are_disjoint_and_enforced():

@@ -26,7 +26,7 @@ def _eval_assessor(args: argparse.Namespace) -> int:
 
     evaluation = run(load_assessor(args.weights), images=args.images, base=args.seed,
                      json_path=args.json, png_path=args.png, workers=args.workers)
-    met = all(goal["met"] for goal in evaluation.observable.goals().values())
+    met = all(goal["met"] for goal in evaluation.all_frames.goals().values())
     return 0 if met or not args.strict else 1
 
 

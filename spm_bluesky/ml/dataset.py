@@ -9,8 +9,8 @@ Labels are the TRUE tip class at scan time. A frame during which the tip changed
 itself (spontaneous degradation, about 0.1 % of frames) is dropped and another random place
 scanned with the original tip: the label must hold for every line.
 
-An unstable tip flips for a few lines at a time (0.01 to 0.03 per line), so about one
-frame in five (27 % at 64 px, 12 % at 128 px) is scanned without a single flip: the image
+An unstable tip flips for a few lines at a time (0.03 to 0.06 per line), yet about one
+frame in sixteen at 64 px (0.5 % at 128 px) is scanned without a single flip: the image
 then shows nothing but its noise (twice the stable level in the twin, within the range
 that :class:`Randomisation` gives stable tips). Training and validation sets keep an
 unstable tip's frame only if it flipped (``unstable_must_flip``): the class then means

@@ -3,10 +3,10 @@
 The held-out set is rendered fresh from the :data:`~spm_bluesky.ml.dataset.HELD_OUT` seed
 range (never used in training or calibration) with the training randomisation and class
 mix (one fifth each), except that every frame is kept: an unstable tip's frames without a
-single flip stay in (see :mod:`spm_bluesky.ml.dataset`). The goals are checked on the
-frames whose tip state is observable (:func:`observable`): those unstable frames and the
-frames with no molecule in view (about 4 %, bare terrace: every tip but a blunt one images
-it the same) are set aside. The figures on all frames are reported beside them.
+single flip stay in (see :mod:`spm_bluesky.ml.dataset`). The goals are checked on all
+frames; the figures on the frames whose tip state is observable (:func:`observable`:
+without those unstable frames and the frames with no molecule in view, bare terrace that
+every tip but a blunt one images the same) are reported beside them.
 """
 
 from __future__ import annotations
@@ -31,22 +31,23 @@ MIN_MOLECULES = 1
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Figures on the observable frames (the goals) and on all frames of a held-out set."""
+    """Figures on all frames of a held-out set (the goals) and on its observable frames."""
 
     observable: Report
     all_frames: Report
-    #: Frames set aside: no molecule in view, or an unstable tip that did not flip.
+    #: Frames that cannot show the tip: no molecule in view, or an unstable tip that did
+    #: not flip.
     no_molecule: int
     no_flip: int
 
     def text(self) -> str:
-        """The observable report, then the goal figures on all frames."""
-        lines = [f"observable frames (goals): {self.observable.n_images} of "
-                 f"{self.all_frames.n_images}; set aside {self.no_molecule} frames with no "
-                 f"molecule in view and {self.no_flip} unstable frames in which the tip did "
-                 "not flip (nothing of the tip's state shows in those)", "",
-                 self.observable.text(), "", "all frames (same goals, for reference):"]
-        for name, goal in self.all_frames.goals().items():
+        """The report on all frames, then the goal figures on the observable frames."""
+        lines = [f"all {self.all_frames.n_images} frames (goals):", "",
+                 self.all_frames.text(), "",
+                 f"observable frames: {self.observable.n_images} (without {self.no_molecule} "
+                 f"frames with no molecule in view and {self.no_flip} unstable frames in "
+                 "which the tip did not flip: nothing of the tip's state shows in those)"]
+        for name, goal in self.observable.goals().items():
             lines.append(f"{name:<30} {goal['value']:.4f}   goal {goal['goal']}")
         return "\n".join(lines)
 
@@ -114,8 +115,8 @@ def run(
         Path(json_path).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {json_path}")
     if png_path is not None:
-        plot_reliability(evaluation.observable, png_path,
-                         f"{assessor.model_id}: {evaluation.observable.n_images} observable "
+        plot_reliability(evaluation.all_frames, png_path,
+                         f"{assessor.model_id}: {evaluation.all_frames.n_images} "
                          f"held-out twin frames")
         print(f"wrote {png_path}")
     return evaluation

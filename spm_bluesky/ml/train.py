@@ -38,7 +38,7 @@ NOTES = [
     "Trained on the digital twin only (Ag(100) with MgPc, 5 to 20 nm frames, 64 or 128 px) "
     "with domain randomisation and augmentation; not yet measured on real STM images.",
     "An unstable tip is recognised by its streaks and flicker: a frame in which it did not "
-    "flip (about one in five) looks good and is usually called good.",
+    "flip (about one in sixteen at 64 px) looks good and is usually called good.",
     "With no molecule in view (bare terrace) a double tip or an adsorbate cannot show; such "
     "frames get a hedged p(good).",
     "Frames over 20 nm are judged on their central 20 nm; frames coarser than about "

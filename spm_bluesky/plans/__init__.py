@@ -10,8 +10,9 @@ the annotations as objects, and string annotations naming ``STM`` fail its valid
 """
 
 from .acquire import acquire_image, set_frame, survey
+from .autonomous import autonomous_session
 from .coarse import approach, move_area, withdraw
 from .conditioning import tip_action
 
-__all__ = ["acquire_image", "approach", "move_area", "set_frame", "survey", "tip_action",
-           "withdraw"]
+__all__ = ["acquire_image", "approach", "autonomous_session", "move_area", "set_frame",
+           "survey", "tip_action", "withdraw"]

@@ -46,7 +46,7 @@ class TipConfig:
     blunt_threshold: float = 0.6e-9
     #: Per-line chance of a spontaneous flip for a good and for an unstable tip.
     good_instability: float = 0.0003
-    unstable_instability: tuple[float, float] = (0.01, 0.03)
+    unstable_instability: tuple[float, float] = (0.03, 0.06)
     #: Per-line instability above which the tip counts as unstable.
     unstable_threshold: float = 0.003
     #: Mean scanning time (s) before a good tip degrades by itself.

@@ -1,0 +1,392 @@
+"""DeepSPM's autonomous loop as one Bluesky plan: scan, judge, keep or block, repair, move on.
+
+:func:`autonomous_session` opens many small runs, all with one ``session_uid``
+(docs/autonomy.md has every run type, start-document key, stream and field):
+
+- ``autonomous_scan``: up to ``run_images`` frames along the spiral-closest path over the
+  approach-area mask; each frame is assessed and gets a verdict (kept, bad, debris, crash,
+  lost contact) and a blocked disc;
+- ``condition_tip`` after more than ``bad_limit`` bad images in a row;
+- ``move_area`` when no free cell is left or an episode failed; ``withdraw`` and
+  ``approach`` to recover from a crash or lost contact.
+
+Small runs keep what a killed process loses small and let the TiledWriter write a run's
+events in one batch. During scan runs two suspenders pause the session: lost tunnelling
+contact (its ``pre_plan`` approaches again) and a lost IOC (it resumes when the IOC serves
+again); see :mod:`spm_bluesky.autonomy_faults`. ``resume_state``
+(:func:`spm_bluesky.autonomy_state.rebuild`) continues a stopped session without
+rescanning its used cells.
+"""
+
+import os
+import tempfile
+import uuid
+from dataclasses import replace
+from enum import Enum
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.suspenders import SuspendBoolLow
+from bluesky.utils import MsgGenerator
+from ophyd_async.core import StandardReadable, soft_signal_rw
+from ophyd_async.plan_stubs import ensure_connected
+
+from spm_bluesky.area import CELL_SIZE, AreaMask
+from spm_bluesky.autonomy_faults import GuardedReadable, GuardedScan, LinkMonitor, ValueWatch
+from spm_bluesky.autonomy_rules import SessionConfig, SessionState, Verdict, classify
+from spm_bluesky.devices import STM
+from spm_bluesky.ml.assessment import AssessorLike
+from spm_bluesky.ml.policies import Policy
+
+from ._common import check_stm, run_metadata
+from .assess import STREAM as ASSESSMENT_STREAM
+from .assess import AssessmentDevice, check_assessor, frame_from_reading
+from .coarse import approach, move_area, withdraw
+from .condition import condition_tip
+
+#: Seconds to wait after the IOC is back before resuming (all channels reconnect).
+RECONNECT_SLEEP = 2.0
+#: The PV whose CA connection stands for the IOC's.
+LINK_PV = "Status:Clock"
+
+
+class DecisionDevice(StandardReadable):
+    """Soft signals of one image's verdict and the counters after it (``decision`` stream)."""
+
+    def __init__(self, name: str = "decision") -> None:
+        with self.add_children_as_readables():
+            self.verdict = soft_signal_rw(str, "")
+            self.peak_to_peak = soft_signal_rw(float, 0.0)
+            self.block_x = soft_signal_rw(float, 0.0)
+            self.block_y = soft_signal_rw(float, 0.0)
+            self.block_radius = soft_signal_rw(float, 0.0)
+            self.area_index = soft_signal_rw(int, 0)
+            self.clock = soft_signal_rw(float, 0.0)
+            self.elapsed = soft_signal_rw(float, 0.0)
+            self.image = soft_signal_rw(int, 0)
+            self.good_images = soft_signal_rw(int, 0)
+            self.consecutive_bad = soft_signal_rw(int, 0)
+            self.debris_retries = soft_signal_rw(int, 0)
+        super().__init__(name=name)
+
+
+class FaultDevice(StandardReadable):
+    """Soft signals of a fault a suspender handled (``fault`` stream)."""
+
+    def __init__(self, name: str = "fault") -> None:
+        with self.add_children_as_readables():
+            self.kind = soft_signal_rw(str, "")
+            self.x = soft_signal_rw(float, 0.0)
+            self.y = soft_signal_rw(float, 0.0)
+            self.radius = soft_signal_rw(float, 0.0)
+            self.clock = soft_signal_rw(float, 0.0)
+            self.crash_count = soft_signal_rw(int, 0)
+        super().__init__(name=name)
+
+
+class Next(Enum):
+    """What the loop does after a scan run."""
+
+    SCAN = "scan"
+    CONDITION = "consecutive_bad"
+    MOVE_AREA = "area_used_up"
+    CRASH = "crash"
+    LOST_CONTACT = "lost_contact"
+    DONE = "done"
+
+
+class _Session:
+    """One session's devices, configuration and state; its methods are the plan's parts."""
+
+    def __init__(self, stm: STM, assessor: AssessorLike, policy: Policy, config: SessionConfig,
+                 state: SessionState, mask_path: str, md: dict[str, Any]) -> None:
+        self.stm, self.assessor, self.policy = stm, assessor, policy
+        self.config, self.state, self.mask_path, self.md = config, state, mask_path, md
+        self.link = LinkMonitor(stm.prefix + LINK_PV)
+        self.frame = GuardedScan(stm.scan, self.link, config.size, config.pixels)
+        self.truth = GuardedReadable(stm.sim, self.link) if stm.simulated else None
+        self.judge = AssessmentDevice()
+        self.decision = DecisionDevice()
+        self.fault = FaultDevice()
+        self.pending_faults: list[dict[str, Any]] = []
+        self.z_range = 0.0
+        self.model_ids = {"assessor": assessor.model_id,
+                          "policy": str(getattr(policy, "model_id", policy.name))}
+
+    # -- run metadata ---------------------------------------------------------------------
+
+    def run_md(self, reason: str) -> dict[str, Any]:
+        """Start-document keys every run of the session carries (docs/autonomy.md)."""
+        md = {**self.md, "reason": reason, "model_ids": self.model_ids,
+              "autonomy": self.config.as_md(), "autonomy_run": self.state.runs}
+        self.state.runs += 1
+        return md
+
+    def read_clock(self) -> MsgGenerator[None]:
+        clock = yield from bps.rd(self.stm.status.clock)
+        self.state.observe_clock(float(clock))
+
+    # -- the parts of the loop ------------------------------------------------------------
+
+    def start(self) -> MsgGenerator[None]:
+        """Connect the soft devices, follow the link, approach if out of contact."""
+        yield from ensure_connected(self.link, self.judge, self.decision, self.fault)
+        yield from bps.wait_for([self.link.start])
+        self.z_range = float((yield from bps.rd(self.stm.status.z_range)))
+        yield from self.read_clock()
+        contact = yield from bps.rd(self.stm.status.contact)
+        if not contact:
+            yield from approach(self.stm, self.state.session_uid, self.run_md("start"))
+        yield from self.sync_area()
+
+    def sync_area(self) -> MsgGenerator[None]:
+        """Start a fresh mask if the instrument is over another area than the mask."""
+        area_index = int((yield from bps.rd(self.stm.status.area_index)))
+        if area_index != self.state.mask.area_index:
+            self.state.new_area(area_index)
+
+    def next_step(self) -> Next:
+        """Why the scan loop must stop now, or SCAN."""
+        if self.state.finished(self.config):
+            return Next.DONE
+        if self.state.consecutive_bad > self.config.bad_limit:
+            return Next.CONDITION
+        if self.state.mask.next_cell(margin=self.config.size / 2) is None:
+            return Next.MOVE_AREA
+        return Next.SCAN
+
+    def scan_run(self) -> MsgGenerator[Next]:
+        """One ``autonomous_scan`` run; returns what to do next."""
+        run_md = yield from run_metadata(
+            self.stm, "autonomous_scan", {"size": self.config.size,
+                                          "pixels": self.config.pixels},
+            self.state.session_uid, self.run_md("scan"))
+        outcome = [Next.SCAN]
+
+        def body() -> MsgGenerator[None]:
+            for _ in range(self.config.run_images):
+                outcome[0] = self.next_step()
+                if outcome[0] is not Next.SCAN:
+                    return
+                verdict = yield from self.image()
+                if verdict is Verdict.CRASH:
+                    outcome[0] = Next.CRASH
+                    return
+                if verdict is Verdict.LOST_CONTACT:
+                    outcome[0] = Next.LOST_CONTACT
+                    return
+            outcome[0] = self.next_step()
+
+        contact = SuspendBoolLow(ValueWatch(self.stm.status.contact),
+                                 pre_plan=self.recover_contact,
+                                 tripped_message="tunnelling contact lost: approaching again")
+        ioc = SuspendBoolLow(ValueWatch(self.link.connected), sleep=RECONNECT_SLEEP,
+                             post_plan=self.after_reconnect,
+                             tripped_message=f"the IOC ({self.link.pv}) does not answer")
+        yield from bpp.suspend_wrapper(bpp.run_wrapper(body(), md=run_md), [contact, ioc])
+        return outcome[0]
+
+    def image(self) -> MsgGenerator[Verdict]:
+        """Scan, assess, judge and record one image (inside a scan run)."""
+        config, state = self.config, self.state
+        x, y = state.mask.next_cell(margin=config.size / 2)
+        self.frame.target = (x, y)
+        yield from bps.checkpoint()
+        reading = yield from bps.trigger_and_read([self.frame])
+        if self.stm.scan.image.name not in reading:
+            # A suspender rewound inside trigger_and_read and the replay answered with an
+            # empty reading (DESIGN.md): the detector holds the frame of the last take,
+            # the one its saved event holds.
+            reading = yield from bps.read(self.frame)
+        yield from bps.checkpoint()
+        # As assess_image, without its per-image ensure_connected: a rewind would replay
+        # that message with an already awaited coroutine.
+        image, frame_size = frame_from_reading(self.stm, reading)
+        assessment = self.assessor.assess(image, frame_size)
+        yield from bps.mv(*self.judge.settings(assessment))
+        yield from bps.trigger_and_read([self.judge], name=ASSESSMENT_STREAM)
+        judgement = classify(image, assessment.p_good, self.z_range, config,
+                             state.debris_retries)
+        verdict = judgement.verdict
+        state.observe_clock(float(reading[self.stm.scan.clock.name]["value"]))
+        state.record(verdict, x, y, judgement.radius)
+        d = self.decision
+        yield from bps.mv(
+            d.verdict, verdict.value, d.peak_to_peak, judgement.peak_to_peak,
+            d.block_x, x, d.block_y, y, d.block_radius, judgement.radius,
+            d.area_index, state.mask.area_index, d.clock, state.clock or 0.0,
+            d.elapsed, state.elapsed, d.image, state.images, d.good_images, state.good_images,
+            d.consecutive_bad, state.consecutive_bad, d.debris_retries, state.debris_retries)
+        yield from bps.trigger_and_read([d], name="decision")
+        if self.truth is not None:
+            yield from bps.trigger_and_read([self.truth], name="truth")
+        yield from self.record_faults()
+        return verdict
+
+    def record_faults(self) -> MsgGenerator[None]:
+        """Emit a ``fault`` event for each fault a suspender handled since the last image."""
+        while self.pending_faults:
+            fault = self.pending_faults.pop(0)
+            if fault["radius"] > 0:
+                self.state.mask.block_disc(fault["x"], fault["y"], fault["radius"])
+            f = self.fault
+            yield from bps.mv(f.kind, fault["kind"], f.x, fault["x"], f.y, fault["y"],
+                              f.radius, fault["radius"], f.clock, fault["clock"],
+                              f.crash_count, fault["crash_count"])
+            yield from bps.trigger_and_read([f], name="fault")
+
+    def recover_contact(self) -> MsgGenerator[None]:
+        """The contact suspender's pre_plan: note the fault, approach (ends a crash too)."""
+        status = yield from bps.read(self.stm.status)
+        crashed = bool(status[self.stm.status.crashed.name]["value"])
+        x, y = self.frame.target
+        if crashed:
+            self.state.crashes += 1
+        self.pending_faults.append({
+            "kind": "crash" if crashed else "lost_contact", "x": x, "y": y,
+            "radius": self.config.crash_radius if crashed else 0.0,
+            "clock": float(status[self.stm.status.clock.name]["value"]),
+            "crash_count": int(status[self.stm.status.crash_count.name]["value"])})
+        yield from bps.trigger(self.stm.coarse.approach, wait=True)
+
+    def after_reconnect(self) -> MsgGenerator[None]:
+        """The IOC suspender's post_plan: note the outage (the frame settings follow)."""
+        x, y = self.frame.target
+        clock = yield from bps.rd(self.stm.status.clock)
+        crash_count = yield from bps.rd(self.stm.status.crash_count)
+        self.pending_faults.append({"kind": "ioc_disconnect", "x": x, "y": y, "radius": 0.0,
+                                    "clock": float(clock), "crash_count": int(crash_count)})
+
+    def condition(self) -> MsgGenerator[bool]:
+        """A conditioning episode (``condition_tip``); True if it ended with a good tip."""
+        self.state.mask.save(self.mask_path)
+        before = yield from bps.rd(self.stm.scan.frame_counter)
+        outcome = yield from condition_tip(
+            self.stm, self.policy, self.assessor, size=self.config.size,
+            pixels=self.config.pixels, max_actions=self.config.max_actions,
+            good_threshold=self.config.good_threshold, mask_path=self.mask_path,
+            session_uid=self.state.session_uid, md=self.run_md(Next.CONDITION.value))
+        after = yield from bps.rd(self.stm.scan.frame_counter)
+        self.state.mask = AreaMask.load(self.mask_path)
+        self.state.images += max(int(after) - int(before), 0)
+        self.state.episodes += 1
+        self.state.actions += int(outcome["actions"])
+        self.state.consecutive_bad = 0
+        self.frame.target = self.state.mask.position
+        yield from self.read_clock()
+        return bool(outcome["success"])
+
+    def move(self, reason: str) -> MsgGenerator[None]:
+        """Coarse-move to a fresh approach area."""
+        yield from move_area(self.stm, self.mask_path, self.state.session_uid,
+                             self.run_md(reason))
+        self.state.mask = AreaMask.load(self.mask_path)
+        self.state.consecutive_bad = 0
+        self.state.debris_retries = 0
+        yield from self.read_clock()
+
+    def recover(self, reason: str) -> MsgGenerator[None]:
+        """Withdraw (after a crash) and approach again."""
+        if reason == Next.CRASH.value:
+            yield from withdraw(self.stm, self.state.session_uid, self.run_md(reason))
+        yield from approach(self.stm, self.state.session_uid, self.run_md(reason))
+        yield from self.read_clock()
+
+    def run(self) -> MsgGenerator[dict[str, Any]]:
+        """The loop: scan runs, and between them whatever the last one asked for."""
+        yield from self.start()
+        while True:
+            step = self.next_step()
+            if step is Next.SCAN:
+                step = yield from self.scan_run()
+            if step is Next.DONE:
+                break
+            if step is Next.CONDITION:
+                repaired = yield from self.condition()
+                if not repaired:
+                    yield from self.move("episode_failed")
+            elif step is Next.MOVE_AREA:
+                yield from self.move(step.value)
+            elif step in (Next.CRASH, Next.LOST_CONTACT):
+                yield from self.recover(step.value)
+        yield from bps.wait_for([self.link.stop])
+        return self.state.summary()
+
+
+def autonomous_session(
+    stm: STM,
+    assessor: AssessorLike,
+    policy: Policy,
+    *,
+    hours: float | None = None,
+    images: int | None = None,
+    session_uid: str | None = None,
+    bad_limit: int = 10,
+    size: float = 10e-9,
+    pixels: int = 64,
+    run_images: int = 50,
+    keep_threshold: float = 0.5,
+    good_threshold: float = 0.9,
+    max_actions: int = 100,
+    debris_threshold: float = 0.6e-9,
+    debris_radius: float = 10e-9,
+    crash_radius: float = 150e-9,
+    mask_path: str | None = None,
+    resume_state: SessionState | None = None,
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator[dict[str, Any]]:
+    """Run DeepSPM's loop until ``hours`` of instrument time or ``images`` images are done.
+
+    ``hours`` counts the instrument's clock (``Status:Clock``) from the session's start,
+    across resumes; ``images`` counts every frame of the session, conditioning included.
+    An image is kept when p(good) > ``keep_threshold``; after more than ``bad_limit`` bad
+    images in a row a conditioning episode runs (``policy``, ending at p(good) >
+    ``good_threshold`` or after ``max_actions``). Peak to peak over ``debris_threshold``
+    (m) blocks ``debris_radius`` times the retry count; a crash blocks ``crash_radius``.
+    ``mask_path`` is the area-mask file shared with ``condition_tip`` and ``move_area``
+    (default: a temporary file, removed at the end). ``resume_state`` continues that
+    session (its ``session_uid``; the given one must match or be None). Every parameter is
+    checked before any message. Returns the session's counters (``SessionState.summary``).
+    """
+    check_stm(stm)
+    check_assessor(assessor)
+    for attribute in ("name", "reset", "act"):
+        if not hasattr(policy, attribute):
+            raise TypeError(f"policy needs name, reset() and act(); "
+                            f"{type(policy).__name__} has no {attribute}")
+    if session_uid is not None and (not isinstance(session_uid, str) or not session_uid):
+        raise ValueError(f"session_uid={session_uid!r} must be a non-empty string")
+    if resume_state is not None:
+        if not isinstance(resume_state, SessionState):
+            raise TypeError("resume_state must be a SessionState (autonomy_state.rebuild)")
+        if session_uid not in (None, resume_state.session_uid):
+            raise ValueError(f"session_uid={session_uid!r} does not match the resumed session "
+                             f"{resume_state.session_uid!r}")
+    config = SessionConfig(
+        hours=hours, images=images, bad_limit=bad_limit, size=size, pixels=pixels,
+        run_images=run_images, keep_threshold=keep_threshold, good_threshold=good_threshold,
+        max_actions=max_actions, debris_threshold=debris_threshold,
+        debris_radius=debris_radius, crash_radius=crash_radius, policy=policy.name)
+    if resume_state is None:
+        clock = yield from bps.rd(stm.status.clock)
+        area_index = yield from bps.rd(stm.status.area_index)
+        x = yield from bps.rd(stm.scan.center_x)
+        y = yield from bps.rd(stm.scan.center_y)
+        state = SessionState(session_uid or uuid.uuid4().hex,
+                             AreaMask(area_index=int(area_index), cell_size=CELL_SIZE,
+                                      position=(float(x), float(y))))
+        config = replace(config, start_clock=float(clock))
+    else:
+        state = resume_state
+        previous = state.config or config
+        config = replace(config, start_clock=previous.start_clock,
+                         resumed=previous.resumed + 1)
+    state.config = config
+    if mask_path is not None:
+        session = _Session(stm, assessor, policy, config, state, mask_path, dict(md or {}))
+        return (yield from session.run())
+    with tempfile.TemporaryDirectory(prefix="spm-autonomy-") as scratch:
+        session = _Session(stm, assessor, policy, config, state,
+                           os.path.join(scratch, "area_mask.json"), dict(md or {}))
+        return (yield from session.run())

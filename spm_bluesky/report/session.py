@@ -1,0 +1,183 @@
+"""What the report knows about a session: typed records, read from Tiled by ``reader``.
+
+Pure data and counting (numpy only), so the figures, the HTML page and the replay share one
+model of the session. Times are instrument (simulated) seconds; :meth:`SessionData.hours`
+turns them into hours since the session's start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from spm_bluesky.autonomy_rules import Verdict
+from spm_bluesky.ml.assessment import GOOD
+
+#: p(good) above which the loop counts an image as good (DeepSPM), when a session's
+#: ``autonomy`` metadata does not say.
+GOOD_THRESHOLD = 0.9
+#: Images shown in the gallery.
+GALLERY_SIZE = 8
+#: The verdict given to an image of a conditioning episode (no ``decision`` event).
+CONDITIONING = "conditioning"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One scanned image of the session and what the loop decided about it."""
+
+    run_uid: str
+    seq_num: int
+    clock: float
+    area: int
+    x: float
+    y: float
+    size: float
+    p_good: float
+    #: The loop's verdict (a :class:`~spm_bluesky.autonomy_rules.Verdict` value), or
+    #: :data:`CONDITIONING` for an image of a conditioning episode.
+    verdict: str
+    #: The twin's true tip class; None when not recorded (not a twin session).
+    truth: str | None = None
+
+    @property
+    def kept(self) -> bool:
+        """True if the loop kept the image."""
+        return self.verdict == Verdict.KEPT
+
+
+#: An image record with its stored frame (heights in metres).
+StoredImage: TypeAlias = tuple[ImageRecord, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One conditioning action: when, where, which, and the disc it blocked."""
+
+    clock: float
+    area: int
+    name: str
+    x: float
+    y: float
+    radius: float
+
+
+@dataclass(frozen=True)
+class Disc:
+    """A disc the loop blocked in an approach area (debris, rough spot, crash ...)."""
+
+    area: int
+    x: float
+    y: float
+    radius: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One conditioning episode: its span in instrument time and whether it succeeded."""
+
+    start: float
+    end: float
+    success: bool
+
+
+@dataclass
+class SessionData:
+    """Everything the report shows about one session (see ``reader.load_session``).
+
+    ``metadata`` holds ``runs``, ``twin_seed``, ``model_ids``, ``autonomy`` (the session's
+    configuration as recorded in its start documents), ``first_time`` and ``last_time``.
+    """
+
+    session_uid: str
+    metadata: dict[str, Any]
+    images: list[ImageRecord] = field(default_factory=list)
+    actions: list[ActionRecord] = field(default_factory=list)
+    discs: list[Disc] = field(default_factory=list)
+    crashes: list[float] = field(default_factory=list)
+    area_moves: list[float] = field(default_factory=list)
+    episodes: list[Episode] = field(default_factory=list)
+    start_clock: float = 0.0
+    end_clock: float = 0.0
+
+    def hours(self, clock: float) -> float:
+        """Instrument seconds to hours since the session's start."""
+        return (clock - self.start_clock) / 3600.0
+
+    @property
+    def keep_threshold(self) -> float:
+        """p(good) above which the loop kept an image."""
+        return float(self.metadata.get("autonomy", {}).get("keep_threshold", GOOD_THRESHOLD))
+
+    @property
+    def good_threshold(self) -> float:
+        """p(good) above which a conditioning episode ended with a good tip."""
+        return float(self.metadata.get("autonomy", {}).get("good_threshold", GOOD_THRESHOLD))
+
+    @property
+    def areas(self) -> list[int]:
+        """The approach areas the session used, in order of first use."""
+        seen: dict[int, None] = {}
+        for record in sorted(self.images, key=lambda r: r.clock):
+            seen.setdefault(record.area, None)
+        for action in self.actions:
+            seen.setdefault(action.area, None)
+        return list(seen)
+
+
+@dataclass(frozen=True)
+class YieldFigures:
+    """The session's yield: counts and the good images per simulated hour."""
+
+    simulated_hours: float
+    images: int
+    good_images: int
+    #: Kept images whose true tip class was good; None when the truth was not recorded.
+    truly_good_images: int | None
+    good_per_hour: float
+    conditioning_episodes: int
+    actions: int
+    crashes: int
+    area_moves: int
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs in the order shown."""
+        rows = [("simulated hours", f"{self.simulated_hours:.2f}"),
+                ("images", str(self.images)),
+                ("good images (kept)", str(self.good_images))]
+        if self.truly_good_images is not None:
+            rows.append(("kept with a truly good tip (twin)", str(self.truly_good_images)))
+        rows += [("good images per simulated hour", f"{self.good_per_hour:.1f}"),
+                 ("conditioning episodes", str(self.conditioning_episodes)),
+                 ("conditioning actions", str(self.actions)),
+                 ("crashes", str(self.crashes)),
+                 ("area moves", str(self.area_moves))]
+        return rows
+
+
+def yield_figures(data: SessionData) -> YieldFigures:
+    """Count the session's yield from its records."""
+    hours = max(data.hours(data.end_clock), 0.0)
+    kept = [r for r in data.images if r.kept]
+    has_truth = any(r.truth is not None for r in data.images)
+    return YieldFigures(
+        simulated_hours=hours,
+        images=len(data.images),
+        good_images=len(kept),
+        truly_good_images=sum(r.truth == GOOD for r in kept) if has_truth else None,
+        good_per_hour=len(kept) / hours if hours > 0 else 0.0,
+        conditioning_episodes=len(data.episodes),
+        actions=len(data.actions),
+        crashes=len(data.crashes),
+        area_moves=len(data.area_moves),
+    )
+
+
+def best_images(data: SessionData, count: int = GALLERY_SIZE) -> list[ImageRecord]:
+    """The kept images with the highest p(good) (ties: the earlier first); all images if
+    none was kept."""
+    kept = [r for r in data.images if r.kept] or list(data.images)
+    return sorted(kept, key=lambda r: (-r.p_good, r.clock))[:count]
