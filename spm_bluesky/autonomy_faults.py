@@ -14,12 +14,20 @@ Bluesky's suspenders (:mod:`bluesky.suspenders`) watch a signal through the ophy
 A suspender rewinds to the last checkpoint and replays: images are taken again, events
 repeat with the same ``seq_num``, and readers de-duplicate (``storage.dedupe_events``).
 
-The catch (bluesky 1.15): a status that *fails* while the RunEngine is suspended still
-aborts the plan, and a CA put in flight when the IOC dies fails at once ("Virtual circuit
-disconnect"). :class:`GuardedReadable` and :class:`GuardedScan` therefore wrap the devices
-the scan loop touches: when a CA operation fails because the link is gone, they hold (never
-complete) instead of failing, the link suspender pauses the RunEngine, which abandons the
-held operation and takes the image again from the last checkpoint once the IOC is back.
+Two catches (bluesky 1.15):
+
+- a status that *fails* while the RunEngine is suspended, or after it resumed, still aborts
+  the plan, and a CA operation in flight when the IOC dies fails at once ("Virtual circuit
+  disconnect") or times out later;
+- a rewind does not clear the RunEngine's status groups: a status triggered just before the
+  suspension, whose ``wait`` had not started, stays in its group, and the replayed ``wait``
+  waits for it as well as for the replayed trigger's status.
+
+:class:`GuardedReadable` and :class:`GuardedScan` therefore wrap the devices the scan loop
+touches. A read that fails because the link is gone holds until the suspension cancels it.
+A frame whose trigger fails during an outage (or across one) completes, without a frame,
+once the IOC is back: the suspender has rewound by then and takes the image again, and a
+replayed ``wait`` on the old group finishes with the new frame.
 """
 
 from __future__ import annotations
@@ -87,9 +95,27 @@ class LinkMonitor(StandardReadable):
             self.connected, self._set_connected = soft_signal_r_and_setter(int, 1)
         self._subscription: Any = None
         self._lost = asyncio.Event()
+        self._up = asyncio.Event()
+        self._up.set()
         #: Reconnections seen so far (devices re-apply settings when it moves on).
         self.generation = 0
         super().__init__(name=name)
+
+    def set_state(self, up: bool) -> None:
+        """Record whether the IOC answers; the CA monitor calls this (in the event loop)."""
+        if up and self._lost.is_set():
+            self.generation += 1
+        if up:
+            self._lost.clear()
+            self._up.set()
+        else:
+            self._up.clear()
+            self._lost.set()
+        self._set_connected(1 if up else 0)
+
+    async def wait_up(self) -> None:
+        """Return once the IOC answers (at once if it does now)."""
+        await self._up.wait()
 
     async def lost_within(self, timeout: float) -> bool:
         """True if the IOC is, or within ``timeout`` seconds turns out to be, unreachable."""
@@ -105,14 +131,7 @@ class LinkMonitor(StandardReadable):
             return
 
         def on_update(value: Any) -> None:
-            ok = bool(getattr(value, "ok", True))
-            if ok and self._lost.is_set():
-                self.generation += 1
-            if ok:
-                self._lost.clear()
-            else:
-                self._lost.set()
-            self._set_connected(1 if ok else 0)
+            self.set_state(bool(getattr(value, "ok", True)))
 
         self._subscription = camonitor(self.pv, on_update, notify_disconnect=True)
 
@@ -124,7 +143,7 @@ class LinkMonitor(StandardReadable):
 
 
 class GuardedReadable:
-    """A readable (and triggerable) device whose CA failures during an IOC outage hold.
+    """A readable device whose CA failures during an IOC outage hold.
 
     Reads and describes as ``device`` does (same data keys), so documents look the same.
     """
@@ -144,7 +163,7 @@ class GuardedReadable:
             return await operation
         except Exception:
             if await self.link.lost_within(DISCONNECT_GRACE):
-                await asyncio.Future()  # held: the suspender abandons this operation
+                await asyncio.Future()  # held: the suspension cancels this read
             raise
 
     async def read(self) -> dict[str, Reading]:
@@ -189,6 +208,20 @@ class GuardedScan(GuardedReadable):
         await asyncio.gather(self.scan.center_x.set(x), self.scan.center_y.set(y))
         await self.scan.trigger()
 
+    async def _guarded_frame(self) -> None:
+        generation = self.link.generation
+        try:
+            await self._frame()
+        except Exception:
+            outage = (self.link.generation != generation
+                      or await self.link.lost_within(DISCONNECT_GRACE))
+            if not outage:
+                raise
+            # The link suspender rewinds and takes this frame again; complete (without a
+            # frame) once the IOC is back, so that a replayed wait on this group ends.
+            await self.link.wait_up()
+
     def trigger(self) -> AsyncStatus:
-        """Move to :attr:`target` and scan one frame (held while the IOC is gone)."""
-        return AsyncStatus(self._guard(self._frame()))
+        """Move to :attr:`target` and scan one frame; during an IOC outage, complete
+        without a frame once the IOC is back (the suspender takes it again)."""
+        return AsyncStatus(self._guarded_frame())

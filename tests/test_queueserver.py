@@ -8,6 +8,7 @@ own Redis key prefix, deleted afterwards, and its own 0MQ ports.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,7 +47,9 @@ class Manager:
         control, info = free_port(), free_port()
         self.log_path = tmp_path / "re-manager.log"
         command = [
-            "start-re-manager", "--startup-dir", str(STARTUP_DIR),
+            # The script installed beside this interpreter, whether or not the venv is active.
+            str(Path(sys.executable).with_name("start-re-manager")),
+            "--startup-dir", str(STARTUP_DIR),
             # Written when the environment opens: keep it out of the source tree.
             "--existing-plans-devices", str(tmp_path / "existing_plans_and_devices.yaml"),
             "--redis-addr", f"{REDIS_HOST}:{REDIS_PORT}", "--redis-name-prefix", redis_prefix,

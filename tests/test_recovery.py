@@ -41,6 +41,7 @@ def session_images(client, session: str) -> list[np.ndarray]:
     return images
 
 
+@pytest.mark.timeout(300)
 def test_ioc_killed_and_restarted_mid_session_pauses_and_resumes(start_ioc, restart_ioc,
                                                                  tiled_server, tmp_path):
     rig = make_rig(start_ioc, tiled_server, seed=31)
