@@ -3,8 +3,9 @@
 :class:`SessionConfig` is what a session was asked to do; :class:`SessionState` what it
 has done so far (the approach-area mask, counters, instrument time), updated image by
 image with :meth:`SessionState.record`; :func:`classify` is DeepSPM's verdict on one frame
-(docs/autonomy.md, "verdict"). The plan (``plans/autonomous.py``) and the state rebuilt
-from Tiled (``autonomy_state.py``) share these, so a resumed session decides as before.
+(docs/autonomy.md, "verdict"), judged on the filtered P(tip good) of
+:func:`update_belief`. The plan (``plans/autonomous.py``) and the state rebuilt from Tiled
+(``autonomy_state.py``) share these, so a resumed session decides as before.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class SessionConfig:
     run_images: int = 50
     keep_threshold: float = 0.5
     good_threshold: float = 0.9
+    assessor_prior: float = 0.2
+    tip_hazard: float = 0.01
     max_actions: int = 100
     debris_threshold: float = 0.6e-9
     debris_radius: float = 10e-9
@@ -69,9 +72,11 @@ class SessionConfig:
                 or self.bad_limit < 0:
             raise ValueError(f"bad_limit={self.bad_limit!r} must be an integer of at least 0")
         limits.check_frame(0.0, 0.0, self.size, self.pixels)
-        for name in ("keep_threshold", "good_threshold"):
+        for name in ("keep_threshold", "good_threshold", "assessor_prior"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be between 0 and 1")
+        if not 0.0 < self.tip_hazard <= 0.5:
+            raise ValueError(f"tip_hazard={self.tip_hazard!r} must be in (0, 0.5]")
         for name in ("debris_threshold", "debris_radius", "crash_radius"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 < value <= limits.APPROACH_AREA_SIZE):
@@ -97,13 +102,38 @@ class Judgement:
     peak_to_peak: float
 
 
+#: P(tip good) when nothing is known (session start, after conditioning or a crash).
+UNKNOWN_TIP = 0.5
+#: p(good) is clipped to [P_CLIP, 1 - P_CLIP] so that no single frame is taken as certain.
+P_CLIP = 1e-4
+
+
+def update_belief(belief: float, p_good: float, config: SessionConfig) -> float:
+    """P(tip good) after one more frame: the forward step of a two-state hidden Markov model.
+
+    The tip keeps its state from frame to frame except with probability ``tip_hazard``;
+    the assessor's p(good) is calibrated under a class prior ``assessor_prior`` (its
+    training balance), so it enters as the likelihood ratio ``odds(p) / odds(prior)``.
+    One bad-looking frame from a tip that has looked good for a while is then still
+    judged good, and one good-looking frame does not undo a run of bad ones. With
+    ``tip_hazard`` 0.5 and ``assessor_prior`` 0.5 it reduces to DeepSPM's per-frame p(good).
+    """
+    hazard = config.tip_hazard
+    prior = belief * (1.0 - hazard) + (1.0 - belief) * hazard
+    p = min(max(float(p_good), P_CLIP), 1.0 - P_CLIP)
+    odds = prior / (1.0 - prior) * (p / (1.0 - p)) \
+        / (config.assessor_prior / (1.0 - config.assessor_prior))
+    return odds / (1.0 + odds)
+
+
 def classify(image: np.ndarray, p_good: float, z_range: float, config: SessionConfig,
              debris_retries: int) -> Judgement:
     """DeepSPM's verdict on one frame, and the disc to block around it.
 
     Flat at full retraction: a crash (``crash_radius``); flat at full extension: lost
     contact; peak to peak over ``debris_threshold``: debris or a rough spot, blocking
-    ``debris_radius x (debris_retries + 1)``; else kept or bad by ``keep_threshold``.
+    ``debris_radius x (debris_retries + 1)``; else kept or bad by ``keep_threshold``
+    on ``p_good`` (the session passes its filtered P(tip good), :func:`update_belief`).
     """
     heights = np.asarray(image, dtype=np.float64)
     if float(np.ptp(heights)) < FLAT_RANGE:
@@ -134,6 +164,7 @@ class SessionState:
     good_images: int = 0
     consecutive_bad: int = 0
     debris_retries: int = 0
+    tip_belief: float = UNKNOWN_TIP
     episodes: int = 0
     actions: int = 0
     crashes: int = 0

@@ -20,7 +20,7 @@ from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlues
 from tiled.client.container import Container
 
 from spm_bluesky.area import CELL_SIZE, AreaMask
-from spm_bluesky.autonomy_rules import SessionConfig, SessionState, Verdict
+from spm_bluesky.autonomy_rules import UNKNOWN_TIP, SessionConfig, SessionState, Verdict
 from spm_bluesky.storage import read_stream_table, runs_by_session
 
 
@@ -87,6 +87,8 @@ class _Rebuild:
             state.good_images = int(data["decision_good_images"])
             state.consecutive_bad = int(data["decision_consecutive_bad"])
             state.debris_retries = int(data["decision_debris_retries"])
+            # Sessions recorded before the tip filter have no belief: start it unknown.
+            state.tip_belief = float(data.get("decision_tip_belief", UNKNOWN_TIP))
             state.crashes += verdict is Verdict.CRASH
             state.clock = float(data["decision_clock"])
             state.elapsed = float(data["decision_elapsed"])
@@ -119,6 +121,7 @@ class _Rebuild:
         state.episodes += 1
         state.actions += len(actions)
         state.consecutive_bad = 0
+        state.tip_belief = UNKNOWN_TIP
 
     def coarse_run(self, run: Container, plan_name: str) -> None:
         primary = stream_table(run, "primary")

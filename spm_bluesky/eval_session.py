@@ -10,6 +10,12 @@ simulated hours against a fresh IOC with the same twin seed:
 ``oracle``    an assessor and a policy that read the twin's true tip class
 ============  ==================================================================
 
+Tips degrade by themselves on the twin about every 3 h of scanning, so in a short session
+conditioning would be a small share of the time and the policies could not be told apart.
+The evaluation therefore also degrades the tip on purpose (``Sim:Degrade``, DeepSPM's
+training mode) every ``degrade_every`` instrument hours (default 1 h), at the same
+instrument times for every system (:class:`DegradeSchedule`); 0 turns it off.
+
 The oracle reads ``Sim:TipState`` over Channel Access: evaluation only (DESIGN.md), which is
 why it lives here and not in ``plans/``. It knows the true class (the most severe defect),
 not defects hidden behind it, and acts optimally for that defect (the twin's value
@@ -23,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -41,6 +48,10 @@ from spm_bluesky.progress import ProgressLine, SessionTally
 
 #: Seconds an IOC may take to print its ready line.
 IOC_READY_TIMEOUT = 60.0
+#: Instrument hours between the tip degradations the evaluation forces (0: none).
+DEGRADE_EVERY_HOURS = 1.0
+#: The key of a frame's instrument clock in the events of scan and conditioning runs.
+CLOCK_KEY = "stm-scan-clock"
 ORACLE_MODEL_ID = "oracle:Sim:TipState"
 
 
@@ -74,6 +85,42 @@ class TruthReader:
 
         response = self._pv.read(data_type=ChannelType.STRING, timeout=self.timeout)
         return response.data[0].decode()
+
+    def close(self) -> None:
+        """Drop the CA connection."""
+        self._context.disconnect()
+
+
+class DegradeSchedule:
+    """A document callback that degrades the tip every ``every_hours`` of instrument time.
+
+    Counts from the first frame's clock; the put (``Sim:Degrade``) goes from a thread with
+    caproto's client, as an outside event would, and never blocks the RunEngine.
+    """
+
+    def __init__(self, prefix: str, every_hours: float, timeout: float = 10.0) -> None:
+        from caproto.threading.client import Context
+
+        self.every = every_hours * 3600.0
+        self.timeout = timeout
+        self.forced = 0
+        self._start: float | None = None
+        self._context = Context()
+        (self._pv,) = self._context.get_pvs(prefix + "Sim:Degrade", timeout=timeout)
+        self._pv.wait_for_connection(timeout=timeout)
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        """Degrade the tip once the frame's clock has passed the next scheduled time."""
+        clock = doc.get("data", {}).get(CLOCK_KEY) if name == "event" else None
+        if clock is None:
+            return
+        if self._start is None:
+            self._start = float(clock)
+        if float(clock) - self._start >= (self.forced + 1) * self.every:
+            self.forced += 1
+            threading.Thread(target=self._pv.write, args=([1],),
+                             kwargs={"wait": True, "timeout": self.timeout},
+                             daemon=True).start()
 
     def close(self) -> None:
         """Drop the CA connection."""
@@ -151,6 +198,7 @@ class SessionEval:
     hours: float
     seed: int
     systems: dict[str, SystemResult]
+    degrade_every: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """``{"hours", "seed", "systems": {name: figures}}``."""
@@ -159,7 +207,10 @@ class SessionEval:
 
     def table(self) -> str:
         """A Markdown table of the figures, one row per system."""
-        lines = [f"Session evaluation: {self.hours:g} simulated h, twin seed {self.seed}", "",
+        forced = (f"the tip degraded on purpose every {self.degrade_every:g} h"
+                  if self.degrade_every else "no forced tip degradation")
+        lines = [f"Session evaluation: {self.hours:g} simulated h, twin seed {self.seed}, "
+                 f"{forced}", "",
                  "| system | good/h | images | good images | episodes | actions | crashes "
                  "| simulated h | wall s |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -294,11 +345,13 @@ def release_ca() -> None:
 
 def run_system(system: System, hours: float, seed: int, port: int, log_dir: Path, *,
                assessor_path: Path | str | None = None, agent_path: Path | str | None = None,
-               degraded_start: bool = False, progress: bool = True) -> SystemResult:
+               degraded_start: bool = False, degrade_every: float = DEGRADE_EVERY_HOURS,
+               progress: bool = True) -> SystemResult:
     """Run the autonomous session of ``system`` on a fresh IOC; count from its documents.
 
     ``degraded_start`` degrades the twin's tip first (``Sim:Degrade``, DeepSPM's training
-    mode), the same for every system, so that even a short session has to repair its tip.
+    mode), the same for every system, so that even a short session has to repair its tip;
+    ``degrade_every`` (instrument hours, 0: never) degrades it again on that schedule.
     """
     import bluesky.plan_stubs as bps
     from bluesky import RunEngine
@@ -308,9 +361,11 @@ def run_system(system: System, hours: float, seed: int, port: int, log_dir: Path
     from spm_bluesky.plans.autonomous import autonomous_session
 
     ioc = SimulatedIoc.start(seed, port, log_dir)
-    truth = None
+    truth = schedule = None
     try:
         truth = TruthReader(ioc.prefix)
+        if degrade_every:
+            schedule = DegradeSchedule(ioc.prefix, degrade_every)
         assessor, policy = build_system(system, truth, seed, assessor_path, agent_path)
         RE = RunEngine(call_returns_result=True)
         stm = STM(ioc.prefix, name="stm", sim=True)
@@ -320,6 +375,8 @@ def run_system(system: System, hours: float, seed: int, port: int, log_dir: Path
         tally = SessionTally()
         line = ProgressLine(tally, label=f"{system.value:<9}", hours=hours) if progress else None
         RE.subscribe(line if line is not None else tally)
+        if schedule is not None:
+            RE.subscribe(schedule)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="spm-eval-") as state:  # its area mask
             RE(autonomous_session(stm, assessor, policy, hours=hours,
@@ -329,8 +386,9 @@ def run_system(system: System, hours: float, seed: int, port: int, log_dir: Path
         if line is not None:
             line.close()
     finally:
-        if truth is not None:
-            truth.close()
+        for reader in (truth, schedule):
+            if reader is not None:
+                reader.close()
         release_ca()
         ioc.stop()
     simulated = max(tally.simulated_hours, 1e-9)
@@ -343,10 +401,13 @@ def run_system(system: System, hours: float, seed: int, port: int, log_dir: Path
 def evaluate_session(hours: float, seed: int, systems: Sequence[System] = tuple(System), *,
                      assessor_path: Path | str | None = None,
                      agent_path: Path | str | None = None, degraded_start: bool = False,
+                     degrade_every: float = DEGRADE_EVERY_HOURS,
                      progress: bool = True) -> SessionEval:
-    """Run every system in turn on the same twin seed; the comparison."""
+    """Run every system in turn on the same twin seed and degradation schedule."""
     if not hours > 0:
         raise ValueError(f"hours={hours!r} must be positive")
+    if not degrade_every >= 0:
+        raise ValueError(f"degrade_every={degrade_every!r} must be 0 (never) or positive")
     if System.FULL in systems:
         check_agent(agent_path)
     ports = private_ca_ports(len(systems))
@@ -357,8 +418,9 @@ def evaluate_session(hours: float, seed: int, systems: Sequence[System] = tuple(
                                                assessor_path=assessor_path,
                                                agent_path=agent_path,
                                                degraded_start=degraded_start,
+                                               degrade_every=degrade_every,
                                                progress=progress)
-    return SessionEval(hours, seed, results)
+    return SessionEval(hours, seed, results, degrade_every)
 
 
 def write_json(evaluation: SessionEval, path: Path | str) -> Path:

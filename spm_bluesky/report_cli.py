@@ -143,7 +143,8 @@ def _cmd_eval_session(args: argparse.Namespace) -> int:
     try:
         evaluation = evaluate_session(args.hours, args.seed, systems,
                                       assessor_path=args.assessor, agent_path=args.agent,
-                                      degraded_start=args.degraded_start)
+                                      degraded_start=args.degraded_start,
+                                      degrade_every=args.degrade_every)
     except (MissingAgentError, ValueError) as err:
         print(f"spm-bluesky eval session: {err}", file=sys.stderr)
         return 1
@@ -203,6 +204,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _catalog_options(replay)
     replay.set_defaults(handler=_cmd_replay)
 
+    from spm_bluesky.eval_session import DEGRADE_EVERY_HOURS
+
     evaluate = subcommands(commands, "eval").add_parser(
         "session", help="the autonomous loop with full, random, heuristic and oracle systems",
         description="Run the autonomous session on a fresh twin IOC with the same seed for "
@@ -218,4 +221,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--degraded-start", action="store_true",
                           help="degrade the tip before each session (Sim:Degrade), so that "
                                "short sessions must condition it too")
+    evaluate.add_argument("--degrade-every", type=float, default=DEGRADE_EVERY_HOURS,
+                          metavar="HOURS",
+                          help="also degrade the tip on purpose every HOURS of instrument "
+                               "time, the same for every system, so that conditioning is a "
+                               "real share of the session; 0: only the twin's own "
+                               "degradations (default: %(default)s)")
     evaluate.set_defaults(handler=_cmd_eval_session)

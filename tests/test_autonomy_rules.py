@@ -8,7 +8,14 @@ import pytest
 
 from spm_bluesky import limits
 from spm_bluesky.area import AreaMask
-from spm_bluesky.autonomy_rules import SessionConfig, SessionState, Verdict, classify
+from spm_bluesky.autonomy_rules import (
+    UNKNOWN_TIP,
+    SessionConfig,
+    SessionState,
+    Verdict,
+    classify,
+    update_belief,
+)
 from spm_bluesky.devices import STM
 from spm_bluesky.ml.assessment import Assessment
 from spm_bluesky.ml.policies import HeuristicPolicy
@@ -91,6 +98,9 @@ class FixedAssessor:
     ({"images": 5, "run_images": 0}, "run_images"),
     ({"images": 5, "pixels": 4}, "pixels"),
     ({"images": 5, "keep_threshold": 1.5}, "keep_threshold"),
+    ({"images": 5, "assessor_prior": 1.0}, "assessor_prior"),
+    ({"images": 5, "tip_hazard": 0.0}, "tip_hazard"),
+    ({"images": 5, "tip_hazard": 0.7}, "tip_hazard"),
     ({"images": 5, "debris_threshold": 0.0}, "debris_threshold"),
     ({"images": 5, "session_uid": ""}, "session_uid"),
 ])
@@ -106,3 +116,38 @@ def test_a_resume_state_of_another_session_is_refused():
                               images=5, session_uid="a", resume_state=SessionState("b"))
     with pytest.raises(ValueError, match="does not match"):
         next(plan)
+
+
+def run_filter(p_goods, config=CONFIG, belief=UNKNOWN_TIP) -> list[float]:
+    """P(tip good) after each frame of ``p_goods``."""
+    beliefs = []
+    for p in p_goods:
+        belief = update_belief(belief, p, config)
+        beliefs.append(belief)
+    return beliefs
+
+
+def test_without_memory_and_at_an_even_prior_the_filter_is_the_frame_p_good():
+    memoryless = SessionConfig(images=1, tip_hazard=0.5, assessor_prior=0.5)
+    for belief in (0.01, 0.5, 0.99):
+        for p in (0.02, 0.3, 0.5, 0.8, 0.97):
+            assert update_belief(belief, p, memoryless) == pytest.approx(p)
+
+
+def test_the_filter_outlasts_one_odd_frame_and_follows_a_real_change():
+    # Fifty frames of a good tip with one that looks bad (p 0.05): all judged good.
+    good_run = [0.95] * 25 + [0.05] + [0.95] * 24
+    beliefs = run_filter(good_run)
+    assert min(beliefs[1:]) > CONFIG.keep_threshold
+    # The tip degrades: confident bad frames turn the belief within two frames, and one
+    # frame that looks good (p 0.8) among them does not turn it back.
+    after = run_filter([0.02, 0.02, 0.02, 0.8, 0.02, 0.02], belief=beliefs[-1])
+    assert after[1] < CONFIG.keep_threshold
+    assert max(after[1:]) < CONFIG.keep_threshold
+    # Under the assessor's balanced prior (1 good class in 5), p(good) 0.3 is evidence
+    # for a good tip: from an unknown tip, it is judged good.
+    assert update_belief(UNKNOWN_TIP, 0.3, CONFIG) > 0.5 > update_belief(UNKNOWN_TIP, 0.1,
+                                                                         CONFIG)
+    # Certain inputs (the oracle) are clipped, never taken as proof against all history.
+    assert 0.0 < update_belief(0.99, 0.0, CONFIG) < 0.05
+    assert 0.99 < update_belief(0.01, 1.0, CONFIG) < 1.0

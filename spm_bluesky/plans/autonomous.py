@@ -34,7 +34,14 @@ from ophyd_async.plan_stubs import ensure_connected
 
 from spm_bluesky.area import CELL_SIZE, AreaMask
 from spm_bluesky.autonomy_faults import GuardedReadable, GuardedScan, LinkMonitor, ValueWatch
-from spm_bluesky.autonomy_rules import SessionConfig, SessionState, Verdict, classify
+from spm_bluesky.autonomy_rules import (
+    UNKNOWN_TIP,
+    SessionConfig,
+    SessionState,
+    Verdict,
+    classify,
+    update_belief,
+)
 from spm_bluesky.devices import STM
 from spm_bluesky.ml.assessment import AssessorLike
 from spm_bluesky.ml.policies import Policy
@@ -68,6 +75,7 @@ class DecisionDevice(StandardReadable):
             self.good_images = soft_signal_rw(int, 0)
             self.consecutive_bad = soft_signal_rw(int, 0)
             self.debris_retries = soft_signal_rw(int, 0)
+            self.tip_belief = soft_signal_rw(float, 0.5)
         super().__init__(name=name)
 
 
@@ -206,9 +214,13 @@ class _Session:
         assessment = self.assessor.assess(image, frame_size)
         yield from bps.mv(*self.judge.settings(assessment))
         yield from bps.trigger_and_read([self.judge], name=ASSESSMENT_STREAM)
-        judgement = classify(image, assessment.p_good, self.z_range, config,
-                             state.debris_retries)
+        belief = update_belief(state.tip_belief, assessment.p_good, config)
+        judgement = classify(image, belief, self.z_range, config, state.debris_retries)
         verdict = judgement.verdict
+        if verdict in (Verdict.KEPT, Verdict.BAD):
+            state.tip_belief = belief
+        elif verdict is Verdict.CRASH:
+            state.tip_belief = UNKNOWN_TIP
         state.observe_clock(float(reading[self.stm.scan.clock.name]["value"]))
         state.record(verdict, x, y, judgement.radius)
         d = self.decision
@@ -217,7 +229,8 @@ class _Session:
             d.block_x, x, d.block_y, y, d.block_radius, judgement.radius,
             d.area_index, state.mask.area_index, d.clock, state.clock or 0.0,
             d.elapsed, state.elapsed, d.image, state.images, d.good_images, state.good_images,
-            d.consecutive_bad, state.consecutive_bad, d.debris_retries, state.debris_retries)
+            d.consecutive_bad, state.consecutive_bad, d.debris_retries, state.debris_retries,
+            d.tip_belief, state.tip_belief)
         yield from bps.trigger_and_read([d], name="decision")
         if self.truth is not None:
             yield from bps.trigger_and_read([self.truth], name="truth")
@@ -243,6 +256,7 @@ class _Session:
         x, y = self.frame.target
         if crashed:
             self.state.crashes += 1
+            self.state.tip_belief = UNKNOWN_TIP
         self.pending_faults.append({
             "kind": "crash" if crashed else "lost_contact", "x": x, "y": y,
             "radius": self.config.crash_radius if crashed else 0.0,
@@ -273,6 +287,7 @@ class _Session:
         self.state.episodes += 1
         self.state.actions += int(outcome["actions"])
         self.state.consecutive_bad = 0
+        self.state.tip_belief = UNKNOWN_TIP
         self.frame.target = self.state.mask.position
         yield from self.read_clock()
         return bool(outcome["success"])
@@ -328,6 +343,8 @@ def autonomous_session(
     run_images: int = 50,
     keep_threshold: float = 0.5,
     good_threshold: float = 0.9,
+    assessor_prior: float = 0.2,
+    tip_hazard: float = 0.01,
     max_actions: int = 100,
     debris_threshold: float = 0.6e-9,
     debris_radius: float = 10e-9,
@@ -340,9 +357,11 @@ def autonomous_session(
 
     ``hours`` counts the instrument's clock (``Status:Clock``) from the session's start,
     across resumes; ``images`` counts every frame of the session, conditioning included.
-    An image is kept when p(good) > ``keep_threshold``; after more than ``bad_limit`` bad
-    images in a row a conditioning episode runs (``policy``, ending at p(good) >
-    ``good_threshold`` or after ``max_actions``). Peak to peak over ``debris_threshold``
+    An image is kept when P(tip good), the assessor's p(good) filtered over the session's
+    frames (``autonomy_rules.update_belief``, with ``assessor_prior`` and ``tip_hazard``),
+    is above ``keep_threshold``; after more than ``bad_limit`` bad images in a row a
+    conditioning episode runs (``policy``, ending at p(good) > ``good_threshold`` or after
+    ``max_actions``). Peak to peak over ``debris_threshold``
     (m) blocks ``debris_radius`` times the retry count; a crash blocks ``crash_radius``.
     ``mask_path`` is the area-mask file shared with ``condition_tip`` and ``move_area``
     (default: a temporary file, removed at the end). ``resume_state`` continues that
@@ -366,6 +385,7 @@ def autonomous_session(
     config = SessionConfig(
         hours=hours, images=images, bad_limit=bad_limit, size=size, pixels=pixels,
         run_images=run_images, keep_threshold=keep_threshold, good_threshold=good_threshold,
+        assessor_prior=assessor_prior, tip_hazard=tip_hazard,
         max_actions=max_actions, debris_threshold=debris_threshold,
         debris_radius=debris_radius, crash_radius=crash_radius, policy=policy.name)
     if resume_state is None:

@@ -105,8 +105,14 @@ def draw_timeline(fig: Figure | SubFigure, data: SessionData) -> list[Axes]:
     if len(t):
         top.scatter(t[~kept], p[~kept], s=6, c="0.45", label="rejected image")
         top.scatter(t[kept], p[kept], s=8, c="#2ca02c", label="kept image")
+    believed = [(data.hours(r.clock), r.tip_belief) for r in data.images
+                if r.tip_belief is not None]
+    if believed:
+        top.plot(*zip(*believed, strict=True), color="#9467bd", linewidth=0.8,
+                 label="P(tip good), filtered")
     keep = data.keep_threshold
-    top.axhline(keep, color="0.3", linestyle=":", linewidth=0.8, label=f"keep above {keep:g}")
+    top.axhline(keep, color="0.3", linestyle=":", linewidth=0.8,
+                label=f"keep above {keep:g} ({'P(tip good)' if believed else 'p(good)'})")
     if data.actions:
         top.plot([data.hours(a.clock) for a in data.actions], [-0.06] * len(data.actions),
                  "|", color="k", markersize=6, label="conditioning action")

@@ -153,7 +153,8 @@ class _SessionReader:
                 x=float(row["stm-scan-center_x"]), y=float(row["stm-scan-center_y"]),
                 size=float(row["stm-scan-size"]),
                 p_good=float(_value(judged, "assessment-p_good", float("nan"))),
-                verdict=verdict, truth=_value(_row(truth, seq), "stm-sim-tip_state")))
+                verdict=verdict, truth=_value(_row(truth, seq), "stm-sim-tip_state"),
+                tip_belief=_belief(verdict_row)))
             if verdict in DISC_VERDICTS:
                 self.data.discs.append(Disc(area, float(verdict_row["decision-block_x"]),
                                             float(verdict_row["decision-block_y"]),
@@ -221,6 +222,12 @@ def _value(row: pd.Series | None, key: str, default: Any = None) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return default
     return value
+
+
+def _belief(decision_row: Any) -> float | None:
+    """The decision's P(tip good), None if it has none."""
+    value = _value(decision_row, "decision-tip_belief", None)
+    return None if value is None else float(value)
 
 
 def _iso(timestamp: float | None) -> str:

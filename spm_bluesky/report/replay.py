@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spm_bluesky.autonomy_rules import Verdict
+from spm_bluesky.autonomy_rules import UNKNOWN_TIP, SessionConfig, Verdict, update_belief
 from spm_bluesky.ml.assessment import GOOD, AssessorLike
 from spm_bluesky.report.reader import fetch_images, load_session
 from spm_bluesky.report.session import ImageRecord
@@ -85,7 +85,7 @@ class ReplayComparison:
         most ``max_rows``)."""
         s = self.summary()
         lines = [f"Session {self.session_uid}: {s['images']} images judged by the assessor; "
-                 f"keep above p(good) {self.keep_threshold:g}, conditioning after more than "
+                 f"keep above P(tip good) {self.keep_threshold:g}, conditioning after more than "
                  f"{self.bad_limit} bad in a row", "",
                  f"| | stored: {self.stored_model} | replayed: {self.new_model} |",
                  "|---|---:|---:|",
@@ -141,14 +141,25 @@ class ReplayComparison:
 
 def replay_session(client: CatalogOfBlueskyRuns, session_uid: str,
                    assessor: AssessorLike) -> ReplayComparison:
-    """Re-assess every judged image of the session with ``assessor``; the comparison."""
+    """Re-assess every judged image of the session with ``assessor``; the comparison.
+
+    The new model's verdicts go through the session's own rule: its p(good) filtered into
+    P(tip good) (``autonomy_rules.update_belief``), started unknown and again after each
+    conditioning start the replay finds, and kept above the session's threshold.
+    """
     data = load_session(client, session_uid)
     threshold = data.keep_threshold
+    config = SessionConfig.from_md({"images": 1, **data.metadata.get("autonomy", {})})
     judged = [r for r in data.images if r.verdict in JUDGED_VERDICTS]
     rejudged = []
+    belief, bad_in_a_row = UNKNOWN_TIP, 0
     for record, image in fetch_images(client, judged):
         p_new = assessor.assess(np.asarray(image, dtype=np.float64), record.size).p_good
-        rejudged.append(Rejudged(record, p_new, p_new > threshold))
+        belief = update_belief(belief, p_new, config)
+        rejudged.append(Rejudged(record, p_new, belief > threshold))
+        bad_in_a_row = 0 if belief > threshold else bad_in_a_row + 1
+        if bad_in_a_row > config.bad_limit:
+            belief, bad_in_a_row = UNKNOWN_TIP, 0
     return ReplayComparison(
         session_uid=session_uid,
         stored_model=str(data.metadata.get("model_ids", {}).get("assessor", "stored")),

@@ -41,6 +41,9 @@ class ImageRecord:
     verdict: str
     #: The twin's true tip class; None when not recorded (not a twin session).
     truth: str | None = None
+    #: P(tip good) after this image, the filtered p(good) the verdict used; None when not
+    #: recorded (a conditioning image, or a session from before the filter).
+    tip_belief: float | None = None
 
     @property
     def kept(self) -> bool:
