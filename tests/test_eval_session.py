@@ -6,12 +6,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from caproto.sync.client import read
 
 from spm_bluesky.actions import ACTIONS, ACTIONS_BY_NAME
 from spm_bluesky.eval_session import (
+    CLOCK_KEY,
+    DegradeSchedule,
     OracleAssessor,
     OracleSessionPolicy,
     SessionEval,
@@ -94,3 +98,27 @@ def test_four_systems_on_the_same_twin(tmp_path):
     oracle, random = doc["systems"]["oracle"], doc["systems"]["random"]
     assert oracle["good_images"] >= random["good_images"]
     assert oracle["actions"] <= random["actions"]
+
+
+@pytest.mark.integration
+def test_the_degradation_schedule_degrades_the_real_twin_on_time(start_ioc):
+    ioc = start_ioc(seed=SEED)
+    tip_state = ioc.pv("Sim:TipState")
+    assert read(tip_state).data[0] == b"good"
+    schedule = DegradeSchedule(ioc.prefix, every_hours=0.01)  # every 36 s
+    try:
+        for clock in (100.0, 120.0, 135.9):  # counts from the first frame's clock
+            schedule("event", {"data": {CLOCK_KEY: clock}})
+        schedule("descriptor", {"data": {CLOCK_KEY: 500.0}})  # only events count
+        assert schedule.forced == 0
+        schedule("event", {"data": {CLOCK_KEY: 136.0}})
+        schedule("event", {"data": {CLOCK_KEY: 150.0}})
+        assert schedule.forced == 1
+        deadline = time.monotonic() + 10
+        while read(tip_state).data[0] == b"good" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert read(tip_state).data[0] != b"good"
+        schedule("event", {"data": {CLOCK_KEY: 172.0}})
+        assert schedule.forced == 2
+    finally:
+        schedule.close()

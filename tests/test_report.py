@@ -143,10 +143,13 @@ def test_session_data_match_the_documents_and_the_plans_counters(session, stored
     assert figures.crashes == session.summary["crashes"]
     assert figures.simulated_hours == pytest.approx(session.summary["elapsed_hours"], rel=1e-6)
     assert figures.good_per_hour == pytest.approx(figures.good_images / figures.simulated_hours)
-    # Every image has its place, p(good) and the twin's truth; kept ones are above threshold.
+    # Every image has its place, p(good) and the twin's truth; every judged image its
+    # P(tip good), above the threshold exactly for the kept ones.
     keep = data.metadata["autonomy"]["keep_threshold"]
     assert all(r.truth in CLASSES for r in data.images)
-    assert all(r.p_good > keep for r in data.images if r.kept)
+    judged = [r for r in data.images if r.verdict in ("kept", "bad")]
+    assert judged and all(0.0 < r.tip_belief < 1.0 for r in judged)
+    assert all((r.tip_belief > keep) == r.kept for r in judged)
     assert figures.truly_good_images == sum(r.kept and r.truth == "good" for r in data.images)
     assert all(np.isfinite([r.x, r.y, r.p_good, r.clock]).all() for r in data.images)
 
