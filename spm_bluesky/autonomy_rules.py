@@ -179,8 +179,14 @@ class SessionState:
             self.elapsed += clock - self.clock if clock >= self.clock else clock
         self.clock = float(clock)
 
-    def record(self, verdict: Verdict, x: float, y: float, radius: float) -> None:
-        """Count one image of the scan loop and block its disc."""
+    def record(self, verdict: Verdict, x: float, y: float, radius: float,
+               belief: float | None = None) -> None:
+        """Count one image of the scan loop and block its disc; a kept or bad image sets
+        :attr:`tip_belief` to ``belief`` (its P(tip good)), a crash makes the tip unknown."""
+        if verdict in (Verdict.KEPT, Verdict.BAD) and belief is not None:
+            self.tip_belief = float(belief)
+        elif verdict is Verdict.CRASH:
+            self.tip_belief = UNKNOWN_TIP
         self.images += 1
         self.mask.block_disc(x, y, radius)
         self.mask.position = (x, y)

@@ -13,7 +13,7 @@ simulated hours against a fresh IOC with the same twin seed:
 Tips degrade by themselves on the twin about every 3 h of scanning, so in a short session
 conditioning would be a small share of the time and the policies could not be told apart.
 The evaluation therefore also degrades the tip on purpose (``Sim:Degrade``, DeepSPM's
-training mode) every ``degrade_every`` instrument hours (default 1 h), at the same
+training mode) every ``degrade_every`` instrument hours (default 0.5 h), at the same
 instrument times for every system (:class:`DegradeSchedule`); 0 turns it off.
 
 The oracle reads ``Sim:TipState`` over Channel Access: evaluation only (DESIGN.md), which is
@@ -49,7 +49,7 @@ from spm_bluesky.progress import ProgressLine, SessionTally
 #: Seconds an IOC may take to print its ready line.
 IOC_READY_TIMEOUT = 60.0
 #: Instrument hours between the tip degradations the evaluation forces (0: none).
-DEGRADE_EVERY_HOURS = 1.0
+DEGRADE_EVERY_HOURS = 0.5
 #: The key of a frame's instrument clock in the events of scan and conditioning runs.
 CLOCK_KEY = "stm-scan-clock"
 ORACLE_MODEL_ID = "oracle:Sim:TipState"
@@ -105,6 +105,7 @@ class DegradeSchedule:
         self.timeout = timeout
         self.forced = 0
         self._start: float | None = None
+        self._puts: list[threading.Thread] = []
         self._context = Context()
         (self._pv,) = self._context.get_pvs(prefix + "Sim:Degrade", timeout=timeout)
         self._pv.wait_for_connection(timeout=timeout)
@@ -118,12 +119,16 @@ class DegradeSchedule:
             self._start = float(clock)
         if float(clock) - self._start >= (self.forced + 1) * self.every:
             self.forced += 1
-            threading.Thread(target=self._pv.write, args=([1],),
-                             kwargs={"wait": True, "timeout": self.timeout},
-                             daemon=True).start()
+            put = threading.Thread(target=self._pv.write, args=([1],),
+                                   kwargs={"wait": True, "timeout": self.timeout},
+                                   daemon=True)
+            put.start()
+            self._puts.append(put)
 
     def close(self) -> None:
-        """Drop the CA connection."""
+        """Let the puts in flight finish, then drop the CA connection."""
+        for put in self._puts:
+            put.join(self.timeout)
         self._context.disconnect()
 
 

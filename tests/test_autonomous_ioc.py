@@ -14,6 +14,7 @@ import pytest
 from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
+from spm_bluesky.autonomy_rules import UNKNOWN_TIP, SessionConfig, update_belief
 from spm_bluesky.autonomy_state import rebuild, stream_table
 from spm_bluesky.autonomy_storage import session_writer
 from spm_bluesky.devices import STM
@@ -98,18 +99,28 @@ def test_session_decides_repairs_and_stores_every_served_image(start_ioc, tiled_
         assert run.metadata["stop"]["exit_status"] == "success"
     assert [run.metadata["start"]["autonomy_run"] for run in runs] == list(range(len(runs)))
 
-    # Decisions follow from the stored assessments; bad streaks trigger conditioning.
+    # Decisions follow from the stored assessments through the P(tip good) filter (unknown
+    # at the start and after each conditioning episode); bad streaks trigger conditioning.
+    config = SessionConfig.from_md(runs[0].metadata["start"]["autonomy"])
+    belief = UNKNOWN_TIP
     for i, run in enumerate(runs):
+        if names[i] == "condition_tip":
+            belief = UNKNOWN_TIP
         if names[i] != "autonomous_scan":
             continue
         judged, decided = stream_table(run, "assessment"), stream_table(run, "decision")
         truth = stream_table(run, "truth")
         assert len(judged) == len(decided) == len(truth) == len(read_image_stream(
             run, IMAGE_KEY).images)
-        for p_good, verdict in zip(judged["assessment_p_good"], decided["decision_verdict"],
-                                   strict=True):
+        for p_good, verdict, recorded in zip(judged["assessment_p_good"],
+                                             decided["decision_verdict"],
+                                             decided["decision_tip_belief"], strict=True):
             if verdict in ("kept", "bad"):
-                assert (verdict == "kept") == (p_good > 0.5)
+                belief = update_belief(belief, p_good, config)
+                assert (verdict == "kept") == (belief > config.keep_threshold)
+            elif verdict == "crash":
+                belief = UNKNOWN_TIP
+            assert recorded == pytest.approx(belief)
         assert decided["decision_consecutive_bad"].max() <= BAD_LIMIT + 1
         if decided["decision_consecutive_bad"].iloc[-1] > BAD_LIMIT:
             assert names[i + 1] == "condition_tip"

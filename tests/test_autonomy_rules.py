@@ -151,3 +151,15 @@ def test_the_filter_outlasts_one_odd_frame_and_follows_a_real_change():
     # Certain inputs (the oracle) are clipped, never taken as proof against all history.
     assert 0.0 < update_belief(0.99, 0.0, CONFIG) < 0.05
     assert 0.99 < update_belief(0.01, 1.0, CONFIG) < 1.0
+
+
+def test_kept_and_bad_images_carry_the_belief_and_a_crash_forgets_it():
+    state = SessionState("s", AreaMask())
+    state.record(Verdict.KEPT, 0.0, 0.0, 5e-9, 0.97)
+    assert state.tip_belief == 0.97
+    state.record(Verdict.DEBRIS, 20e-9, 0.0, 10e-9, 0.2)  # debris is not judged
+    assert state.tip_belief == 0.97
+    state.record(Verdict.BAD, 40e-9, 0.0, 5e-9, 0.3)
+    assert state.tip_belief == 0.3 and state.consecutive_bad == 1
+    state.record(Verdict.CRASH, 60e-9, 0.0, 150e-9)
+    assert state.tip_belief == UNKNOWN_TIP

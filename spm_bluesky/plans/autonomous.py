@@ -75,7 +75,7 @@ class DecisionDevice(StandardReadable):
             self.good_images = soft_signal_rw(int, 0)
             self.consecutive_bad = soft_signal_rw(int, 0)
             self.debris_retries = soft_signal_rw(int, 0)
-            self.tip_belief = soft_signal_rw(float, 0.5)
+            self.tip_belief = soft_signal_rw(float, UNKNOWN_TIP)
         super().__init__(name=name)
 
 
@@ -217,12 +217,8 @@ class _Session:
         belief = update_belief(state.tip_belief, assessment.p_good, config)
         judgement = classify(image, belief, self.z_range, config, state.debris_retries)
         verdict = judgement.verdict
-        if verdict in (Verdict.KEPT, Verdict.BAD):
-            state.tip_belief = belief
-        elif verdict is Verdict.CRASH:
-            state.tip_belief = UNKNOWN_TIP
         state.observe_clock(float(reading[self.stm.scan.clock.name]["value"]))
-        state.record(verdict, x, y, judgement.radius)
+        state.record(verdict, x, y, judgement.radius, belief)
         d = self.decision
         yield from bps.mv(
             d.verdict, verdict.value, d.peak_to_peak, judgement.peak_to_peak,
