@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +43,7 @@ from spm_bluesky.epics_env import free_port, loopback_ca_env
 from spm_bluesky.ml.assessment import CLASSES, Assessment, AssessorLike
 from spm_bluesky.ml.policies import Decision, HeuristicPolicy, Policy, RandomPolicy
 from spm_bluesky.progress import ProgressLine, SessionTally
+from spm_bluesky.services import IocLaunch, ServiceError
 
 #: Seconds an IOC may take to print its ready line.
 IOC_READY_TIMEOUT = 60.0
@@ -274,51 +273,32 @@ def build_system(system: System, truth: Callable[[], str] | None, seed: int,
 
 @dataclass
 class SimulatedIoc:
-    """A twin IOC subprocess on loopback (``python -m iocs.stm_ioc``); stop() ends it."""
+    """A twin IOC subprocess on loopback (:class:`~spm_bluesky.services.IocLaunch`) with a
+    fresh prefix; stop() ends it."""
 
     prefix: str
     port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    launch: IocLaunch
 
     @classmethod
     def start(cls, seed: int, port: int, log_dir: Path,
               timeout: float = IOC_READY_TIMEOUT) -> SimulatedIoc:
-        """Start an IOC with a fresh prefix on ``port``; wait for its ready line."""
+        """Start an IOC with a fresh prefix on ``port``, using this process's CA settings;
+        wait until it answers over Channel Access."""
         prefix = f"E{uuid.uuid4().hex[:8]}:"
-        log_path = log_dir / f"ioc-{prefix[:-1]}.log"
-        command = [sys.executable, "-m", "iocs.stm_ioc", "--prefix", prefix, "--seed",
-                   str(seed), "--host", "127.0.0.1", "--port", str(port), "--time-scale", "0"]
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, cwd=_repo_root(),
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        ioc = cls(prefix, port, process, log_path)
-        deadline = time.monotonic() + timeout
-        while "spm-ioc ready" not in log_path.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                ioc.stop()
-                raise RuntimeError(f"the IOC did not start ({' '.join(command)}); its log:\n"
-                                   + log_path.read_text(errors="replace")[-3000:])
-            time.sleep(0.05)
-        return ioc
+        epics_env = {k: v for k, v in os.environ.items() if k.startswith("EPICS_")}
+        launch = IocLaunch.start(prefix, seed, port, log_dir / f"ioc-{prefix[:-1]}.log",
+                                 epics_env)
+        try:
+            launch.wait_ready(prefix, epics_env, timeout)
+        except ServiceError:
+            launch.stop()
+            raise
+        return cls(prefix, port, launch)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; reap it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _repo_root() -> Path:
-    """The directory holding the ``iocs`` package (the IOC runs as ``-m iocs.stm_ioc``)."""
-    import iocs
-
-    return Path(iocs.__file__).resolve().parent.parent
+        """Stop the IOC (SIGTERM, then SIGKILL) and reap it."""
+        self.launch.stop()
 
 
 def private_ca_ports(count: int) -> list[int]:

@@ -257,25 +257,27 @@ def _stop(proc: psutil.Process, timeout: float = 10.0) -> None:
 
 
 @dataclass
-class _IocLaunch:
-    """An IOC process just started, and where its log output begins."""
+class IocLaunch:
+    """A twin IOC process just started (``python -m iocs.stm_ioc``), and where its log
+    output begins; used by ``up`` and by the session evaluation."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
     offset: int
 
     @classmethod
-    def start(cls, options: UpOptions, epics_env: dict[str, str], ca_port: int) -> _IocLaunch:
-        """Start the IOC detached (own session), logging to ``<data dir>/ioc.log``."""
-        log_path = options.data_dir / IOC_LOG
+    def start(cls, prefix: str, seed: int, ca_port: int, log_path: Path,
+              epics_env: Mapping[str, str], time_scale: float = 0.0) -> IocLaunch:
+        """Start the IOC detached (own session) on 127.0.0.1, appending to ``log_path``."""
         offset = log_path.stat().st_size if log_path.exists() else 0
-        command = [sys.executable, "-m", "iocs.stm_ioc", "--prefix", options.prefix,
-                   "--seed", str(options.seed), "--host", LOOPBACK, "--port", str(ca_port),
-                   "--time-scale", repr(options.time_scale)]
+        command = [sys.executable, "-m", "iocs.stm_ioc", "--prefix", prefix,
+                   "--seed", str(seed), "--host", LOOPBACK, "--port", str(ca_port),
+                   "--time-scale", repr(float(time_scale))]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=options.data_dir, env={**os.environ, **epics_env, "PYTHONUNBUFFERED": "1"},
+                cwd=log_path.parent,
+                env={**os.environ, **epics_env, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,
             )
         return cls(process, log_path, offset)
@@ -333,7 +335,8 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
         repeater_port = free_port()
     epics_env = loopback_ca_env(ca_port, repeater_port)
 
-    ioc = _IocLaunch.start(options, epics_env, ca_port)  # starts while Tiled starts
+    ioc = IocLaunch.start(options.prefix, options.seed, ca_port, data_dir / IOC_LOG, epics_env,
+                          options.time_scale)  # starts while Tiled starts
     try:
         from spm_bluesky.storage import TiledConfig, TiledServerError, start_server
 
