@@ -13,11 +13,11 @@ alone (a prepared 64 px input), and the whole decision as ``condition_tip`` make
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
 import torch
+from bench_assessor import median_seconds  # a sibling script (run from benchmarks/)
 
 from spm_bluesky import processing
 from spm_bluesky.actions import action_mask
@@ -31,14 +31,7 @@ from spm_bluesky.twin import Frame, Instrument
 
 
 def _median_ms(call, repeats: int = 300) -> float:
-    for _ in range(20):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(call, repeats)
 
 
 def training(steps: int, every: int, episodes: int) -> None:

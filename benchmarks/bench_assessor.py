@@ -24,7 +24,8 @@ from spm_bluesky.ml.card import WEIGHTS
 from spm_bluesky.twin import Frame, Instrument
 
 
-def _median_seconds(call, repeats: int) -> float:
+def median_seconds(call, repeats: int) -> float:
+    """Median wall time of ``call()`` over ``repeats`` runs, after a short warm-up."""
     for _ in range(max(repeats // 10, 5)):
         call()
     times = []
@@ -61,12 +62,12 @@ def main() -> None:
     for threads in (1, 2):
         torch.set_num_threads(threads)
         one = [inputs[:1]]
-        net1 = _median_seconds(lambda one=one: assessor.probabilities(one), args.repeats)
-        e2e1 = _median_seconds(lambda: assessor.assess(frames[0], 10e-9), args.repeats)
-        e2e4 = _median_seconds(lambda: assessor.assess(big, 20e-9), args.repeats // 5)
+        net1 = median_seconds(lambda one=one: assessor.probabilities(one), args.repeats)
+        e2e1 = median_seconds(lambda: assessor.assess(frames[0], 10e-9), args.repeats)
+        e2e4 = median_seconds(lambda: assessor.assess(big, 20e-9), args.repeats // 5)
         reps = max(args.repeats // 20, 10)
-        net64 = _median_seconds(lambda: assessor.probabilities(list(inputs[:, None])), reps)
-        e2e64 = _median_seconds(lambda: assessor.assess_batch(frames, 10e-9), reps)
+        net64 = median_seconds(lambda: assessor.probabilities(list(inputs[:, None])), reps)
+        e2e64 = median_seconds(lambda: assessor.assess_batch(frames, 10e-9), reps)
         print(f"| {threads} | {net1 * 1e3:.2f} | {e2e1 * 1e3:.2f} | {e2e4 * 1e3:.2f} | "
               f"{64 / net64:,.0f} | {64 / e2e64:,.0f} |")
 
