@@ -63,20 +63,29 @@ class System(StrEnum):
     ORACLE = "oracle"
 
 
-class TruthReader:
-    """Reads the twin's true tip class (``<prefix>Sim:TipState``) with caproto's client.
+class _SimPv:
+    """One of the twin's ``Sim:`` PVs over caproto's threading client: independent of the
+    RunEngine's event loop, so it can be used from inside a plan or a callback."""
 
-    A blocking CA read, independent of the RunEngine's event loop, so an assessor or a
-    policy called from inside a plan can use it; each call is a fresh read (no monitor lag).
-    """
-
-    def __init__(self, prefix: str, timeout: float = 5.0) -> None:
+    def __init__(self, pv: str, timeout: float) -> None:
         from caproto.threading.client import Context
 
         self.timeout = timeout
         self._context = Context()
-        (self._pv,) = self._context.get_pvs(prefix + "Sim:TipState", timeout=timeout)
+        (self._pv,) = self._context.get_pvs(pv, timeout=timeout)
         self._pv.wait_for_connection(timeout=timeout)
+
+    def close(self) -> None:
+        """Drop the CA connection."""
+        self._context.disconnect()
+
+
+class TruthReader(_SimPv):
+    """Reads the twin's true tip class (``<prefix>Sim:TipState``): a blocking CA read,
+    fresh on each call (no monitor lag)."""
+
+    def __init__(self, prefix: str, timeout: float = 5.0) -> None:
+        super().__init__(prefix + "Sim:TipState", timeout)
 
     def __call__(self) -> str:
         """The true tip class now, e.g. ``"good"`` or ``"blunt"``."""
@@ -85,12 +94,8 @@ class TruthReader:
         response = self._pv.read(data_type=ChannelType.STRING, timeout=self.timeout)
         return response.data[0].decode()
 
-    def close(self) -> None:
-        """Drop the CA connection."""
-        self._context.disconnect()
 
-
-class DegradeSchedule:
+class DegradeSchedule(_SimPv):
     """A document callback that degrades the tip every ``every_hours`` of instrument time.
 
     Counts from the first frame's clock; the put (``Sim:Degrade``) goes from a thread with
@@ -98,16 +103,11 @@ class DegradeSchedule:
     """
 
     def __init__(self, prefix: str, every_hours: float, timeout: float = 10.0) -> None:
-        from caproto.threading.client import Context
-
+        super().__init__(prefix + "Sim:Degrade", timeout)
         self.every = every_hours * 3600.0
-        self.timeout = timeout
         self.forced = 0
         self._start: float | None = None
         self._puts: list[threading.Thread] = []
-        self._context = Context()
-        (self._pv,) = self._context.get_pvs(prefix + "Sim:Degrade", timeout=timeout)
-        self._pv.wait_for_connection(timeout=timeout)
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         """Degrade the tip once the frame's clock has passed the next scheduled time."""
@@ -128,7 +128,7 @@ class DegradeSchedule:
         """Let the puts in flight finish, then drop the CA connection."""
         for put in self._puts:
             put.join(self.timeout)
-        self._context.disconnect()
+        super().close()
 
 
 class OracleAssessor:
