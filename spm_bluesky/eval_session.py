@@ -42,15 +42,13 @@ from spm_bluesky.actions import ACTIONS
 from spm_bluesky.epics_env import free_port, loopback_ca_env
 from spm_bluesky.ml.assessment import CLASSES, Assessment, AssessorLike
 from spm_bluesky.ml.policies import Decision, HeuristicPolicy, Policy, RandomPolicy
-from spm_bluesky.progress import ProgressLine, SessionTally
+from spm_bluesky.progress import FRAME_CLOCK_KEY, ProgressLine, SessionTally
 from spm_bluesky.services import IocLaunch, ServiceError
 
 #: Seconds an IOC may take to print its ready line.
 IOC_READY_TIMEOUT = 60.0
 #: Instrument hours between the tip degradations the evaluation forces (0: none).
 DEGRADE_EVERY_HOURS = 0.5
-#: The key of a frame's instrument clock in the events of scan and conditioning runs.
-CLOCK_KEY = "stm-scan-clock"
 ORACLE_MODEL_ID = "oracle:Sim:TipState"
 
 
@@ -111,7 +109,7 @@ class DegradeSchedule(_SimPv):
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         """Degrade the tip once the frame's clock has passed the next scheduled time."""
-        clock = doc.get("data", {}).get(CLOCK_KEY) if name == "event" else None
+        clock = doc.get("data", {}).get(FRAME_CLOCK_KEY) if name == "event" else None
         if clock is None:
             return
         if self._start is None:

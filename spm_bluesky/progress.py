@@ -32,7 +32,9 @@ TRUTH_KEY = "stm-sim-tip_state"
 ACTION_STREAM = "action"
 FAULT_STREAM = "fault"
 FAULT_KIND_KEY = "fault-kind"
-CLOCK_KEYS = ("stm-scan-clock", "stm-status-clock", "decision-clock", "fault-clock")
+#: A frame's instrument clock, in the events of scan and conditioning runs.
+FRAME_CLOCK_KEY = "stm-scan-clock"
+CLOCK_KEYS = (FRAME_CLOCK_KEY, "stm-status-clock", "decision-clock", "fault-clock")
 CRASH_COUNT_KEYS = ("stm-status-crash_count", "fault-crash_count")
 CONDITIONING_PLAN = "condition_tip"
 MOVE_PLAN = "move_area"

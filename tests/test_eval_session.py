@@ -14,7 +14,6 @@ from caproto.sync.client import read
 
 from spm_bluesky.actions import ACTIONS, ACTIONS_BY_NAME
 from spm_bluesky.eval_session import (
-    CLOCK_KEY,
     DegradeSchedule,
     OracleAssessor,
     OracleSessionPolicy,
@@ -24,6 +23,7 @@ from spm_bluesky.eval_session import (
     check_agent,
 )
 from spm_bluesky.ml.card import WEIGHTS_DIR
+from spm_bluesky.progress import FRAME_CLOCK_KEY
 
 HOURS = 0.2
 SEED = 3
@@ -108,17 +108,17 @@ def test_the_degradation_schedule_degrades_the_real_twin_on_time(start_ioc):
     schedule = DegradeSchedule(ioc.prefix, every_hours=0.01)  # every 36 s
     try:
         for clock in (100.0, 120.0, 135.9):  # counts from the first frame's clock
-            schedule("event", {"data": {CLOCK_KEY: clock}})
-        schedule("descriptor", {"data": {CLOCK_KEY: 500.0}})  # only events count
+            schedule("event", {"data": {FRAME_CLOCK_KEY: clock}})
+        schedule("descriptor", {"data": {FRAME_CLOCK_KEY: 500.0}})  # only events count
         assert schedule.forced == 0
-        schedule("event", {"data": {CLOCK_KEY: 136.0}})
-        schedule("event", {"data": {CLOCK_KEY: 150.0}})
+        schedule("event", {"data": {FRAME_CLOCK_KEY: 136.0}})
+        schedule("event", {"data": {FRAME_CLOCK_KEY: 150.0}})
         assert schedule.forced == 1
         deadline = time.monotonic() + 10
         while read(tip_state).data[0] == b"good" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert read(tip_state).data[0] != b"good"
-        schedule("event", {"data": {CLOCK_KEY: 172.0}})
+        schedule("event", {"data": {FRAME_CLOCK_KEY: 172.0}})
         assert schedule.forced == 2
     finally:
         schedule.close()
