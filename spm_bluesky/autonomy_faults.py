@@ -24,10 +24,11 @@ Two catches (bluesky 1.15):
   waits for it as well as for the replayed trigger's status.
 
 :class:`GuardedReadable` and :class:`GuardedScan` therefore wrap the devices the scan loop
-touches. A read that fails because the link is gone holds until the suspension cancels it.
-A frame whose trigger fails during an outage (or across one) completes, without a frame,
-once the IOC is back: the suspender has rewound by then and takes the image again, and a
-replayed ``wait`` on the old group finishes with the new frame.
+touches. A read that fails because the link is gone waits until the suspension cancels it
+(or, should none come, reads again once the IOC is back). A frame whose trigger fails
+during an outage (or across one) completes, without a frame, once the IOC is back: the
+suspender has rewound by then and takes the image again, and a replayed ``wait`` on the
+old group finishes with the new frame.
 """
 
 from __future__ import annotations
@@ -119,8 +120,12 @@ class LinkMonitor(StandardReadable):
 
     async def lost_within(self, timeout: float) -> bool:
         """True if the IOC is, or within ``timeout`` seconds turns out to be, unreachable."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+        # comes as the wait ends, and the link dropping both ends this wait and makes the
+        # suspender cancel the RunEngine's task.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._lost.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._lost.wait()
         return self._lost.is_set()
 
     async def start(self) -> None:
@@ -143,7 +148,7 @@ class LinkMonitor(StandardReadable):
 
 
 class GuardedReadable:
-    """A readable device whose CA failures during an IOC outage hold.
+    """A readable device whose CA failures during an IOC outage wait for the IOC.
 
     Reads and describes as ``device`` does (same data keys), so documents look the same.
     """
@@ -158,29 +163,32 @@ class GuardedReadable:
         """The wrapped device's name."""
         return self.device.name
 
-    async def _guard(self, operation: Awaitable[T]) -> T:
+    async def _guard(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await operation
+            return await operation()
         except Exception:
-            if await self.link.lost_within(DISCONNECT_GRACE):
-                await asyncio.Future()  # held: the suspension cancels this read
-            raise
+            if not await self.link.lost_within(DISCONNECT_GRACE):
+                raise
+        # The IOC is gone: the suspension cancels this read. Should it not, the IOC is read
+        # again once it is back, so that nothing waits forever.
+        await self.link.wait_up()
+        return await operation()
 
     async def read(self) -> dict[str, Reading]:
-        """The device's reading (held while the IOC is gone)."""
-        return await self._guard(self.device.read())
+        """The device's reading (waits while the IOC is gone)."""
+        return await self._guard(self.device.read)
 
     async def describe(self) -> dict[str, DataKey]:
         """The device's data keys."""
-        return await self._guard(self.device.describe())
+        return await self._guard(self.device.describe)
 
     async def read_configuration(self) -> dict[str, Reading]:
         """The device's configuration reading."""
-        return await self._guard(self.device.read_configuration())
+        return await self._guard(self.device.read_configuration)
 
     async def describe_configuration(self) -> dict[str, DataKey]:
         """The device's configuration data keys."""
-        return await self._guard(self.device.describe_configuration())
+        return await self._guard(self.device.describe_configuration)
 
 
 class GuardedScan(GuardedReadable):

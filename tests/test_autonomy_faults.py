@@ -7,6 +7,7 @@ group that the replayed ``wait`` waits on (bluesky 1.15 does not clear groups on
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import bluesky.plan_stubs as bps
@@ -17,7 +18,7 @@ from bluesky.suspenders import SuspendBoolLow
 from ophyd_async.core import callback_on_mock_put, init_devices
 from ophyd_async.plan_stubs import ensure_connected
 
-from spm_bluesky.autonomy_faults import GuardedScan, LinkMonitor, ValueWatch
+from spm_bluesky.autonomy_faults import GuardedReadable, GuardedScan, LinkMonitor, ValueWatch
 from tests.test_plans_mock import FakeController, events, make_stm
 
 IMAGE_KEY = "stm-scan-image"
@@ -100,3 +101,29 @@ def test_a_frame_error_without_an_outage_fails_the_plan(RE):
     with pytest.raises(Exception, match="refused the scan"):
         RE(bps.trigger(frame, wait=True))
     assert controller.frames == 0
+
+
+class DeadDevice:
+    """A device whose every read fails, as a CA read does when the IOC dies."""
+
+    name = "dead"
+
+    async def read(self):
+        raise ConnectionError("Virtual circuit disconnect")
+
+
+def test_a_failed_read_is_cancelled_by_the_suspension_that_the_same_outage_causes():
+    """The link drop wakes the guard and cancels the reader in one event-loop turn (as the
+    suspender does to the RunEngine's task): the cancellation must not be swallowed."""
+
+    async def scenario() -> bool:
+        link = LinkMonitor("MOCK:Status:Clock")
+        await link.connect(mock=True)
+        reader = asyncio.ensure_future(GuardedReadable(DeadDevice(), link).read())
+        await asyncio.sleep(0.05)  # the read failed; the guard waits to see the link go
+        link.set_state(False)
+        reader.cancel()
+        await asyncio.wait([reader], timeout=2.0)
+        return reader.cancelled()
+
+    assert asyncio.run(scenario())
