@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from bench_assessor import median_seconds  # a sibling script (run from benchmarks/)
 
-from spm_bluesky import processing
-from spm_bluesky.actions import action_mask
-from spm_bluesky.ml import load_assessor
+from spm_bluesky.domain import processing
+from spm_bluesky.domain.actions import action_mask
+from spm_bluesky.ml.agent.dqn import AgentNet, DQNAgent, DQNConfig, load_agent, train_dqn
+from spm_bluesky.ml.agent.env import ConditioningEnv, episode_seed
+from spm_bluesky.ml.agent.evaluation import baseline_factories, evaluate, goals
+from spm_bluesky.ml.assessor import load_assessor
 from spm_bluesky.ml.card import WEIGHTS
-from spm_bluesky.ml.dqn import AgentNet, DQNAgent, DQNConfig, load_agent, train_dqn
-from spm_bluesky.ml.env import ConditioningEnv, episode_seed
-from spm_bluesky.ml.evaluate_agent import baseline_factories, evaluate, goals
-from spm_bluesky.ml.policies import observation
+from spm_bluesky.protocols import observation
 from spm_bluesky.twin import Frame, Instrument
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spm_bluesky import processing
-from spm_bluesky.ml import load_assessor
+from spm_bluesky.domain import processing
+from spm_bluesky.ml.assessor import load_assessor
 from spm_bluesky.ml.card import WEIGHTS
 from spm_bluesky.twin import Frame, Instrument
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from spm_bluesky.epics_env import use_private_loopback_ca
+from spm_bluesky.services.epics_env import use_private_loopback_ca
 
 use_private_loopback_ca()  # before any CA client starts in this process
 
@@ -24,10 +24,10 @@ from bluesky import RunEngine  # noqa: E402
 from bluesky.plans import count  # noqa: E402
 from ophyd_async.core import init_devices  # noqa: E402
 
-from spm_bluesky.devices import STM  # noqa: E402
+from spm_bluesky.devices.sim_detector import SoftImageDetector  # noqa: E402
+from spm_bluesky.devices.stm import STM  # noqa: E402
 from spm_bluesky.plans.acquire import set_frame  # noqa: E402
-from spm_bluesky.sim_detector import SoftImageDetector  # noqa: E402
-from spm_bluesky.storage import TiledConfig, start_server, subscribe_writer  # noqa: E402
+from spm_bluesky.storage.tiled import TiledConfig, start_server, subscribe_writer  # noqa: E402
 
 PREFIX = "BENCH:"
 #: DeepSPM's 10 nm frames at both pixel counts (the twin renders a 10 nm frame in ~1-4 ms).
@@ -37,7 +37,7 @@ FRAME_SIZE = 10e-9
 def start_ioc() -> subprocess.Popen:
     """The real IOC on this process's CA port; returns once it prints its ready line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "iocs.stm_ioc", "--prefix", PREFIX, "--seed", "0",
+        [sys.executable, "-m", "spm_bluesky.ioc", "--prefix", PREFIX, "--seed", "0",
          "--port", os.environ["EPICS_CA_SERVER_PORT"]],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     assert process.stdout is not None

@@ -2,7 +2,7 @@
 
 One frame, as a client should do it: put ``Scan:Acquire`` = 1 with a callback, wait for
 the ``Scan:FrameCounter`` monitor to reach the new count, get ``Scan:Image``. Each case
-runs against a fresh IOC subprocess (``python -m iocs.stm_ioc``, seed 0) on a private
+runs against a fresh IOC subprocess (``python -m spm_bluesky.ioc``, seed 0) on a private
 loopback CA setup, with ``Sim:TimeScale`` 0 and the fastest scan speed (so that the tip
 degrades little over the simulated hours and the twin's render cost stays that of a fresh
 tip). The IOC's RSS (psutil) is sampled at start and every 1,000 frames at 64 px; CPU time
@@ -26,8 +26,8 @@ import numpy as np
 import psutil
 from aioca import caget, camonitor, caput, purge_channel_caches
 
-from spm_bluesky import limits
-from spm_bluesky.epics_env import use_private_loopback_ca
+from spm_bluesky.domain import limits
+from spm_bluesky.services.epics_env import use_private_loopback_ca
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -86,7 +86,7 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 async def run_case(pixels: int, size: float, frames: int, memory_every: int) -> Result:
     """Start an IOC, acquire ``frames`` frames after a warm-up, stop the IOC."""
-    ioc = subprocess.Popen([sys.executable, "-m", "iocs.stm_ioc", "--prefix", PREFIX],
+    ioc = subprocess.Popen([sys.executable, "-m", "spm_bluesky.ioc", "--prefix", PREFIX],
                            stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
         assert ioc.stdout is not None

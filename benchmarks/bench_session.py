@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from spm_bluesky.epics_env import use_private_loopback_ca
+from spm_bluesky.services.epics_env import use_private_loopback_ca
 
 use_private_loopback_ca()  # before any CA client starts in this process
 
@@ -31,13 +31,13 @@ from bluesky import RunEngine  # noqa: E402
 from caproto.threading.client import Context  # noqa: E402
 from ophyd_async.core import init_devices  # noqa: E402
 
-from spm_bluesky.autonomy_cli import make_policy  # noqa: E402
-from spm_bluesky.autonomy_storage import session_writer  # noqa: E402
-from spm_bluesky.devices import STM  # noqa: E402
-from spm_bluesky.eval_session import SimulatedIoc  # noqa: E402
-from spm_bluesky.ml import load_assessor  # noqa: E402
+from spm_bluesky.autonomy.writer import session_writer  # noqa: E402
+from spm_bluesky.commandline.run import make_policy  # noqa: E402
+from spm_bluesky.devices.stm import STM  # noqa: E402
+from spm_bluesky.evaluation.session import SimulatedIoc  # noqa: E402
+from spm_bluesky.ml.assessor import load_assessor  # noqa: E402
 from spm_bluesky.plans.autonomous import autonomous_session  # noqa: E402
-from spm_bluesky.storage import (  # noqa: E402
+from spm_bluesky.storage.tiled import (  # noqa: E402
     TiledConfig,
     connect,
     read_image_stream,

@@ -28,8 +28,8 @@ import psutil
 from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
-from spm_bluesky.sim_detector import SoftImageDetector
-from spm_bluesky.storage import (
+from spm_bluesky.devices.sim_detector import SoftImageDetector
+from spm_bluesky.storage.tiled import (
     TiledConfig,
     make_writer,
     read_image_stream,

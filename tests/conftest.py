@@ -7,7 +7,7 @@ import os
 import pytest
 from bluesky import RunEngine
 
-from spm_bluesky.epics_env import use_private_loopback_ca
+from spm_bluesky.services.epics_env import use_private_loopback_ca
 
 # Must happen before any CA client library (aioca/libca, caproto) starts in this process.
 CA_ENV = use_private_loopback_ca()

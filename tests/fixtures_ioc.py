@@ -1,4 +1,4 @@
-"""Pytest fixtures that run the real STM IOC (``python -m iocs.stm_ioc``) as a subprocess.
+"""Pytest fixtures that run the real STM IOC (``python -m spm_bluesky.ioc``) as a subprocess.
 
 Loaded by ``tests/conftest.py`` (``pytest_plugins``), after conftest has put a private
 loopback Channel Access environment into ``os.environ``.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from spm_bluesky.epics_env import free_port, use_private_loopback_ca
+from spm_bluesky.services.epics_env import free_port, use_private_loopback_ca
 
 #: Most IOCs that may run at once in one test session.
 MAX_IOCS = 4
@@ -106,10 +106,10 @@ class IocLauncher:
         return self._launch(ioc.prefix, ioc.port, seed, time_scale)
 
     def _launch(self, prefix: str, port: int, seed: int, time_scale: float) -> IocProcess:
-        """Start ``python -m iocs.stm_ioc`` on ``prefix`` and ``port``; wait until it is ready."""
+        """Start ``python -m spm_bluesky.ioc`` on ``prefix`` and ``port``; wait until ready."""
         stem = f"{prefix[:-1]}-{len(list(self.log_dir.glob(prefix[:-1] + '*.out')))}"
         out, err = self.log_dir / f"{stem}.out", self.log_dir / f"{stem}.err"
-        command = [sys.executable, "-m", "iocs.stm_ioc", "--prefix", prefix, "--seed", str(seed),
+        command = [sys.executable, "-m", "spm_bluesky.ioc", "--prefix", prefix, "--seed", str(seed),
                    "--port", str(port), "--time-scale", repr(float(time_scale))]
         with out.open("wb") as stdout, err.open("wb") as stderr:
             process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=REPO_ROOT,

@@ -8,7 +8,7 @@ These files run in IPython and in the queueserver's worker alike: IPython-only p
 INTERACTIVE.
 """
 
-from spm_bluesky.session import ServiceMissing, SessionSettings, interactive
+from spm_bluesky.services.profile import ServiceMissing, SessionSettings, interactive
 
 settings = SessionSettings.resolve()
 settings.apply_epics_env()  # EPICS CA reads its environment once per process

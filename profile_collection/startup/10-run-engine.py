@@ -7,7 +7,7 @@ from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.utils import PersistentDict, ProgressBarManager
 
-from spm_bluesky.session import LatestImage
+from spm_bluesky.services.profile import LatestImage
 
 RE = RunEngine()
 # One process at a time per directory (zict): see the README, "The session".

@@ -2,8 +2,8 @@
 # (Startup files run in one namespace: later files use names from earlier ones.)
 """The Tiled catalog ``c`` and a TiledWriter: every run goes to Tiled as it is taken."""
 
-from spm_bluesky.session import connect_tiled
-from spm_bluesky.storage import subscribe_writer
+from spm_bluesky.services.profile import connect_tiled
+from spm_bluesky.storage.tiled import subscribe_writer
 
 try:
     c = connect_tiled(settings)

@@ -2,7 +2,7 @@
 # (Startup files run in one namespace: later files use names from earlier ones.)
 """The microscope ``stm``, connected over Channel Access."""
 
-from spm_bluesky.session import connect_stm
+from spm_bluesky.services.profile import connect_stm
 
 try:
     stm = connect_stm(settings)

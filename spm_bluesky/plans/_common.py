@@ -7,14 +7,14 @@ from typing import Any
 import bluesky.plan_stubs as bps
 from bluesky.utils import MsgGenerator
 
-from spm_bluesky import limits
-from spm_bluesky.devices import STM
+from spm_bluesky.devices.stm import STM
+from spm_bluesky.domain import limits
 
 
 def check_stm(stm: Any) -> None:
-    """Raise TypeError unless ``stm`` is an :class:`~spm_bluesky.devices.STM`."""
+    """Raise TypeError unless ``stm`` is an :class:`~spm_bluesky.devices.stm.STM`."""
     if not isinstance(stm, STM):
-        raise TypeError(f"stm must be an spm_bluesky.devices.STM, not {type(stm).__name__}")
+        raise TypeError(f"stm must be an spm_bluesky.devices.stm.STM, not {type(stm).__name__}")
 
 
 def check_scan_settings(

@@ -11,11 +11,16 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
-from spm_bluesky import limits
-from spm_bluesky.area import CELL_SIZE, MAX_DISTANCE, AreaMask
-from spm_bluesky.devices import STM
-
-from ._common import check_count, check_scan_settings, check_stm, read_truth, run_metadata
+from spm_bluesky.devices.stm import STM
+from spm_bluesky.domain import limits
+from spm_bluesky.domain.area import CELL_SIZE, MAX_DISTANCE, AreaMask
+from spm_bluesky.plans._common import (
+    check_count,
+    check_scan_settings,
+    check_stm,
+    read_truth,
+    run_metadata,
+)
 
 
 def set_frame(
@@ -64,7 +69,7 @@ def acquire_image(
     """Scan one frame centred at (x, y) (m, inside the approach area) in a run of its own.
 
     ``bias`` (V), ``setpoint`` (A) and ``speed`` (m/s) are written only when given. Every
-    parameter is checked against ``spm_bluesky.limits`` before anything is written.
+    parameter is checked against ``spm_bluesky.domain.limits`` before anything is written.
     Returns the run's uid.
     """
     check_stm(stm)
@@ -99,7 +104,7 @@ def survey(
 ) -> MsgGenerator[int]:
     """Scan ``n_images`` frames along DeepSPM's spiral-closest path, in one run.
 
-    Cells of 10 nm form the approach-area mask (:class:`~spm_bluesky.area.AreaMask`); each
+    Cells of 10 nm form the approach-area mask (:class:`~spm_bluesky.domain.area.AreaMask`); each
     frame is centred on the free cell minimising ``max(|i|, |j|) + distance`` within
     ``max_distance`` of the last frame, after which a disc of ``block_radius`` (default:
     half the frame size) around it is blocked. With ``mask_path`` the mask is loaded from

@@ -6,8 +6,8 @@ into an :class:`AssessmentDevice` (soft signals, no PVs) and reads that device i
 ``assessment`` stream: ``p_good``, one ``p_<class>`` per tip class, ``label`` and
 ``model_id``. :func:`assess_last_image` wraps it in a run of its own.
 
-No torch here: the assessor is duck-typed (:class:`~spm_bluesky.ml.assessment.AssessorLike`,
-e.g. ``spm_bluesky.ml.load_assessor()``), so this module imports without it.
+No torch here: the assessor is duck-typed (:class:`~spm_bluesky.protocols.Assessor`,
+e.g. ``spm_bluesky.ml.assessor.load_assessor()``), so this module imports without it.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from bluesky.utils import MsgGenerator
 from ophyd_async.core import StandardReadable, StandardReadableFormat, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
-from spm_bluesky.devices import STM
-from spm_bluesky.ml.assessment import CLASSES, Assessment, AssessorLike
-
-from ._common import check_stm, read_truth, run_metadata
+from spm_bluesky.devices.stm import STM
+from spm_bluesky.plans._common import check_stm, read_truth, run_metadata
+from spm_bluesky.protocols import CLASSES, Assessment, Assessor
 
 #: Stream the assessments go to (DESIGN.md, data model).
 STREAM = "assessment"
@@ -58,7 +57,7 @@ class AssessmentDevice(StandardReadable):
 
 def check_assessor(assessor: Any) -> None:
     """Raise TypeError unless ``assessor`` has ``model_id`` and ``assess``."""
-    if not isinstance(assessor, AssessorLike):
+    if not isinstance(assessor, Assessor):
         raise TypeError(f"assessor must have model_id and assess(image_m, scan_size_m), not "
                         f"{type(assessor).__name__}")
 
@@ -76,7 +75,7 @@ def frame_from_reading(stm: STM, reading: dict[str, Reading]) -> tuple[np.ndarra
 
 def assess_image(
     stm: STM,
-    assessor: AssessorLike,
+    assessor: Assessor,
     device: AssessmentDevice,
     reading: dict[str, Reading] | None = None,
 ) -> MsgGenerator[Assessment]:
@@ -97,7 +96,7 @@ def assess_image(
 
 def assess_last_image(
     stm: STM,
-    assessor: AssessorLike,
+    assessor: Assessor,
     device: AssessmentDevice | None = None,
     session_uid: str | None = None,
     md: dict[str, Any] | None = None,

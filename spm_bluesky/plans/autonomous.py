@@ -13,8 +13,8 @@
 Small runs keep what a killed process loses small and let the TiledWriter write a run's
 events in one batch. During scan runs two suspenders pause the session: lost tunnelling
 contact (its ``pre_plan`` approaches again) and a lost IOC (it resumes when the IOC serves
-again); see :mod:`spm_bluesky.autonomy_faults`. ``resume_state``
-(:func:`spm_bluesky.autonomy_state.rebuild`) continues a stopped session without
+again); see :mod:`spm_bluesky.autonomy.faults`. ``resume_state``
+(:func:`spm_bluesky.autonomy.state.rebuild`) continues a stopped session without
 rescanning its used cells.
 """
 
@@ -32,9 +32,8 @@ from bluesky.utils import MsgGenerator
 from ophyd_async.core import StandardReadable, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
-from spm_bluesky.area import CELL_SIZE, AreaMask
-from spm_bluesky.autonomy_faults import GuardedReadable, GuardedScan, LinkMonitor, ValueWatch
-from spm_bluesky.autonomy_rules import (
+from spm_bluesky.autonomy.faults import GuardedReadable, GuardedScan, LinkMonitor, ValueWatch
+from spm_bluesky.autonomy.rules import (
     UNKNOWN_TIP,
     SessionConfig,
     SessionState,
@@ -42,15 +41,14 @@ from spm_bluesky.autonomy_rules import (
     classify,
     update_belief,
 )
-from spm_bluesky.devices import STM
-from spm_bluesky.ml.assessment import AssessorLike
-from spm_bluesky.ml.policies import Policy
-
-from ._common import check_stm, run_metadata
-from .assess import STREAM as ASSESSMENT_STREAM
-from .assess import AssessmentDevice, check_assessor, frame_from_reading
-from .coarse import approach, move_area, withdraw
-from .condition import condition_tip
+from spm_bluesky.devices.stm import STM
+from spm_bluesky.domain.area import CELL_SIZE, AreaMask
+from spm_bluesky.plans._common import check_stm, run_metadata
+from spm_bluesky.plans.assess import STREAM as ASSESSMENT_STREAM
+from spm_bluesky.plans.assess import AssessmentDevice, check_assessor, frame_from_reading
+from spm_bluesky.plans.coarse import approach, move_area, withdraw
+from spm_bluesky.plans.episode import condition_tip
+from spm_bluesky.protocols import Assessor, Policy
 
 #: Seconds to wait after the IOC is back before resuming (all channels reconnect).
 RECONNECT_SLEEP = 2.0
@@ -107,7 +105,7 @@ class Next(Enum):
 class _Session:
     """One session's devices, configuration and state; its methods are the plan's parts."""
 
-    def __init__(self, stm: STM, assessor: AssessorLike, policy: Policy, config: SessionConfig,
+    def __init__(self, stm: STM, assessor: Assessor, policy: Policy, config: SessionConfig,
                  state: SessionState, mask_path: str, md: dict[str, Any]) -> None:
         self.stm, self.assessor, self.policy = stm, assessor, policy
         self.config, self.state, self.mask_path, self.md = config, state, mask_path, md
@@ -327,7 +325,7 @@ class _Session:
 
 def autonomous_session(
     stm: STM,
-    assessor: AssessorLike,
+    assessor: Assessor,
     policy: Policy,
     *,
     hours: float | None = None,

@@ -9,10 +9,9 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
-from spm_bluesky.area import CELL_SIZE, AreaMask
-from spm_bluesky.devices import STM, Command
-
-from ._common import check_stm, run_metadata
+from spm_bluesky.devices.stm import STM, Command
+from spm_bluesky.domain.area import CELL_SIZE, AreaMask
+from spm_bluesky.plans._common import check_stm, run_metadata
 
 
 def _coarse_run(

@@ -23,8 +23,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Circle, Patch, Rectangle
 
-from spm_bluesky import processing
-from spm_bluesky.ml.assessment import CLASSES
+from spm_bluesky.domain import processing
+from spm_bluesky.protocols import CLASSES
 from spm_bluesky.report.session import SessionData, StoredImage, YieldFigures, yield_figures
 
 #: The parts of the report drawn as their own figure (the yield is a table).

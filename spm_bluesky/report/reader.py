@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from spm_bluesky.autonomy_rules import Verdict
-from spm_bluesky.progress import CrashCounter
+from spm_bluesky.autonomy.rules import Verdict
+from spm_bluesky.autonomy.tally import CrashCounter
 from spm_bluesky.report.session import (
     CONDITIONING,
     ActionRecord,
@@ -27,7 +27,7 @@ from spm_bluesky.report.session import (
     SessionData,
     StoredImage,
 )
-from spm_bluesky.storage import read_image_stream, read_stream_table, runs_by_session
+from spm_bluesky.storage.tiled import read_image_stream, read_stream_table, runs_by_session
 
 if TYPE_CHECKING:
     import pandas as pd

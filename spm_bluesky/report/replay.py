@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spm_bluesky.autonomy_rules import UNKNOWN_TIP, SessionConfig, Verdict, update_belief
-from spm_bluesky.ml.assessment import GOOD, AssessorLike
+from spm_bluesky.autonomy.rules import UNKNOWN_TIP, SessionConfig, Verdict, update_belief
+from spm_bluesky.protocols import GOOD, Assessor
 from spm_bluesky.report.reader import fetch_images, load_session
 from spm_bluesky.report.session import ImageRecord
 
@@ -140,7 +140,7 @@ class ReplayComparison:
 
 
 def replay_session(client: CatalogOfBlueskyRuns, session_uid: str,
-                   assessor: AssessorLike) -> ReplayComparison:
+                   assessor: Assessor) -> ReplayComparison:
     """Re-assess every judged image of the session with ``assessor``; the comparison.
 
     The new model's verdicts go through the session's own rule: its p(good) filtered into

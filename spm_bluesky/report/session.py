@@ -12,8 +12,8 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from spm_bluesky.autonomy_rules import Verdict
-from spm_bluesky.ml.assessment import GOOD
+from spm_bluesky.autonomy.rules import Verdict
+from spm_bluesky.protocols import GOOD
 
 #: p(good) above which the loop counts an image as good (DeepSPM), when a session's
 #: ``autonomy`` metadata does not say.
@@ -36,7 +36,7 @@ class ImageRecord:
     y: float
     size: float
     p_good: float
-    #: The loop's verdict (a :class:`~spm_bluesky.autonomy_rules.Verdict` value), or
+    #: The loop's verdict (a :class:`~spm_bluesky.autonomy.rules.Verdict` value), or
     #: :data:`CONDITIONING` for an image of a conditioning episode.
     verdict: str
     #: The twin's true tip class; None when not recorded (not a twin session).

@@ -3,11 +3,17 @@
 :class:`Instrument` is the entry point: sample, hidden tip, imaging and clock in one object.
 """
 
-from .config import InstrumentConfig, NoiseConfig, SampleConfig, TipConfig, TwinConfig
-from .imaging import Frame
-from .instrument import Fault, Instrument, InstrumentError
-from .sample import Sample
-from .tip import Adsorbate, Apex, TipClass, TipState
+from spm_bluesky.twin.config import (
+    InstrumentConfig,
+    NoiseConfig,
+    SampleConfig,
+    TipConfig,
+    TwinConfig,
+)
+from spm_bluesky.twin.imaging import Frame
+from spm_bluesky.twin.instrument import Fault, Instrument, InstrumentError
+from spm_bluesky.twin.sample import Sample
+from spm_bluesky.twin.tip import Adsorbate, Apex, TipClass, TipState
 
 __all__ = [
     "Adsorbate",

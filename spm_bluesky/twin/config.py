@@ -81,7 +81,7 @@ class NoiseConfig:
 
 @dataclass(frozen=True)
 class InstrumentConfig:
-    """Timings and ranges of the instrument itself (limits live in ``spm_bluesky.limits``)."""
+    """Timings and ranges of the instrument itself (limits: ``spm_bluesky.domain.limits``)."""
 
     #: z extension right after an approach (m); the z range is ``limits.Z_RANGE``.
     z_after_approach: float = 100e-9

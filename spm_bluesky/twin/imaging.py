@@ -17,9 +17,9 @@ import numpy as np
 from scipy.signal import lfilter, lfilter_zi
 from scipy.special import erf
 
-from .config import NoiseConfig, TipConfig
-from .sample import Features, SurfacePatch, Terraces
-from .tip import TipState
+from spm_bluesky.twin.config import NoiseConfig, TipConfig
+from spm_bluesky.twin.sample import Features, SurfacePatch, Terraces
+from spm_bluesky.twin.tip import TipState
 
 #: Gaussian blur of the surface per metre of apex radius.
 BLUR_PER_RADIUS = 0.6

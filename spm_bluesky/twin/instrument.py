@@ -13,14 +13,13 @@ from enum import StrEnum
 
 import numpy as np
 
-from spm_bluesky import limits
-from spm_bluesky.actions import ActionKind, TipAction
-
-from . import imaging
-from .config import TwinConfig
-from .imaging import Frame
-from .sample import Features, Sample
-from .tip import (
+from spm_bluesky.domain import limits
+from spm_bluesky.domain.actions import ActionKind, TipAction
+from spm_bluesky.twin import imaging
+from spm_bluesky.twin.config import TwinConfig
+from spm_bluesky.twin.imaging import Frame
+from spm_bluesky.twin.sample import Features, Sample
+from spm_bluesky.twin.tip import (
     TipClass,
     TipState,
     add_defect,

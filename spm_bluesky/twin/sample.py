@@ -14,7 +14,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .config import SampleConfig
+from spm_bluesky.twin.config import SampleConfig
 
 _TILE_OFFSET = 1 << 20  # keeps tile indices non-negative for SeedSequence
 _MOLECULE_AREA = 2.25e-18  # m^2 covered by one MgPc

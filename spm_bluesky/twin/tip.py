@@ -21,9 +21,8 @@ from functools import cache
 
 import numpy as np
 
-from spm_bluesky.actions import ActionKind, TipAction
-
-from .config import TipConfig
+from spm_bluesky.domain.actions import ActionKind, TipAction
+from spm_bluesky.twin.config import TipConfig
 
 
 class TipClass(StrEnum):

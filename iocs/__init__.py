@@ -1,1 +1,0 @@
-"""caproto soft IOCs that serve the digital twin over Channel Access."""

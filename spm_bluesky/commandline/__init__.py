@@ -1,0 +1,1 @@
+"""The ``spm-bluesky`` command line."""

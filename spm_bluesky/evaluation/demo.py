@@ -1,0 +1,146 @@
+"""``spm-bluesky demo``: the whole system in one command, on the digital twin.
+
+Starts the STM IOC and the embedded Tiled server (``spm-bluesky up``, loopback only, API
+key), runs an accelerated autonomous session (``Sim:TimeScale`` 0) with a live progress
+line, writes the session report from what Tiled stored, and stops the services it started,
+also on Ctrl-C (then the report covers what was done) or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from spm_bluesky.autonomy.tally import ProgressLine, SessionTally
+from spm_bluesky.evaluation.session import System, build_system, check_agent, release_ca
+from spm_bluesky.report import ReportFiles, build_report
+from spm_bluesky.services.launch import UpOptions, client_ca_env, down, up
+
+#: The conditioning policies the demo offers (``--policy``).
+PolicyName = Literal["agent", "heuristic", "random"]
+#: The system of :mod:`spm_bluesky.evaluation.session` that uses each policy.
+POLICIES: dict[PolicyName, System] = {"agent": System.FULL, "heuristic": System.HEURISTIC,
+                                      "random": System.RANDOM}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo runs, and where it keeps its data and report."""
+
+    data_dir: Path
+    hours: float = 2.0
+    seed: int = 0
+    out_dir: Path | None = None
+    policy: PolicyName = "agent"
+    agent: Path | None = None
+    assessor: Path | None = None
+    timeout: float = 60.0
+
+    @property
+    def report_dir(self) -> Path:
+        """Where the report goes (default ``<data dir>/reports``)."""
+        return self.out_dir or self.data_dir / "reports"
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo did: the session, its counts, the report, the wall time."""
+
+    session_uid: str
+    tally: SessionTally
+    report: ReportFiles
+    wall_s: float
+    interrupted: bool
+
+
+def check_options(options: DemoOptions) -> None:
+    """ValueError / MissingAgentError before anything starts (a bad option, no agent)."""
+    if not options.hours > 0:
+        raise ValueError(f"--hours must be positive, not {options.hours}")
+    if options.policy not in POLICIES:
+        raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, not {options.policy}")
+    if POLICIES[options.policy] is System.FULL:
+        check_agent(options.agent, hint="or run the demo with --policy heuristic")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the demo like Ctrl-C, so the services are stopped either way."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(options: DemoOptions, stream: TextIO | None = None) -> DemoResult:
+    """Run the demo; see the module docstring. Returns where the report went."""
+    out = stream if stream is not None else sys.stdout
+    check_options(options)
+    began = time.perf_counter()
+    state, started = up(UpOptions(data_dir=options.data_dir, seed=options.seed,
+                                  timeout=options.timeout))
+    out.write(f"services {'started' if started else 'already up'} in {state.data_dir}: "
+              f"IOC {state.prefix} on 127.0.0.1:{state.ca_port}, Tiled {state.tiled_uri}\n")
+    out.flush()
+    try:
+        with _sigterm_as_interrupt():
+            return _session(options, state, began, out)
+    finally:
+        if started:
+            down(options.data_dir)
+            out.write(f"stopped the IOC and Tiled; data stay in {options.data_dir}\n")
+
+
+def _session(options: DemoOptions, state: Any, began: float, out: TextIO) -> DemoResult:
+    from bluesky import RunEngine
+    from bluesky.run_engine import call_in_bluesky_event_loop
+    from bluesky.utils import RunEngineInterrupted
+
+    from spm_bluesky.autonomy.writer import session_writer
+    from spm_bluesky.devices.stm import STM
+    from spm_bluesky.plans.autonomous import autonomous_session
+    from spm_bluesky.storage.tiled import connect
+
+    os.environ.update(client_ca_env(state.epics_env))  # before the first CA client starts
+    system = POLICIES[options.policy]
+    assessor, policy = build_system(system, None, options.seed, options.assessor,
+                                    options.agent)
+    client = connect(state.tiled_uri, state.api_key)
+    RE = RunEngine(call_returns_result=True)
+    RE.subscribe(session_writer(client))
+    tally = SessionTally()
+    line = ProgressLine(tally, hours=options.hours)
+    RE.subscribe(line)
+    stm = STM(state.prefix, name="stm", sim=True)
+    call_in_bluesky_event_loop(stm.connect(timeout=options.timeout))
+    session_uid = uuid.uuid4().hex
+    out.write(f"session {session_uid}: {options.hours:g} simulated h, twin seed "
+              f"{options.seed}, assessor {assessor.model_id}, policy "
+              f"{getattr(policy, 'model_id', policy.name)} (Ctrl-C stops and reports)\n")
+    out.flush()
+    interrupted = False
+    try:
+        RE(autonomous_session(stm, assessor, policy, hours=options.hours,
+                              session_uid=session_uid))
+    except (KeyboardInterrupt, RunEngineInterrupted):
+        interrupted = True
+        if RE.state != "idle":
+            RE.stop()
+    finally:
+        line.close()
+    files = build_report(client, session_uid, options.report_dir)
+    release_ca()
+    return DemoResult(session_uid, tally, files, time.perf_counter() - began, interrupted)

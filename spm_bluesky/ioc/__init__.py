@@ -1,0 +1,1 @@
+"""The caproto soft IOC that serves the PV contract over the digital twin."""

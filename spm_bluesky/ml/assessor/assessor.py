@@ -1,0 +1,166 @@
+"""The tip-quality assessor: shipped weights, preprocessing and calibrated probabilities.
+
+>>> from spm_bluesky.ml.assessor import load_assessor
+>>> assessor = load_assessor()                    # the shipped weights
+>>> a = assessor.assess(image_m, 10e-9)           # heights in metres, 10 nm frame
+>>> a.p_good, a.probabilities, a.label
+
+Any square frame of 8 to 1024 px is accepted: :func:`spm_bluesky.domain.processing.prepare` cuts
+it into 64 px windows at about DeepSPM's pixel (one window up to 10 nm, four up to 20 nm;
+bigger frames are judged on their central 20 nm); the windows' opinions are combined
+(:func:`frame_scores`) and calibrated by temperature scaling (:func:`calibrate`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from spm_bluesky.domain import processing
+from spm_bluesky.ml.assessor.model import TipNet
+from spm_bluesky.ml.card import WEIGHTS
+from spm_bluesky.protocols import CLASSES, Assessment
+
+MODEL_NAME = "tipnet"
+#: Windows per forward pass (bounds memory on big batches).
+CHUNK = 256
+
+
+def model_id_for(weights: bytes) -> str:
+    """Provenance id of a weight file: the model name and its sha256 prefix."""
+    return f"{MODEL_NAME}-{hashlib.sha256(weights).hexdigest()[:12]}"
+
+
+def frame_scores(logits: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Per-frame scores ``(frames, 5)``: the mean log-softmax of each frame's windows.
+
+    A product of the windows' opinions: a streak or a ghost in one window outweighs the
+    others' mild preference for ``good``. Calibration divides these by the temperature.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    log_p = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    bounds = np.cumsum(counts)[:-1]
+    return np.stack([part.mean(axis=0) for part in np.split(log_p, bounds)])
+
+
+def calibrate(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated probabilities: the softmax of ``scores / temperature``."""
+    scaled = np.asarray(scores, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    weights = np.exp(scaled)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def inference_copy(model: TipNet) -> TipNet:
+    """An eval-mode copy for fast CPU inference: each batch norm folded into its convolution
+    and channels-last memory (same outputs to about 1e-6; about 30 % faster at batch 1)."""
+    net = copy.deepcopy(model).eval()
+    layers = list(net.features)
+    fused: list[nn.Module] = []
+    for layer in layers:
+        if isinstance(layer, nn.BatchNorm2d) and fused and isinstance(fused[-1], nn.Conv2d):
+            fused[-1] = fuse_conv_bn_eval(fused[-1], layer)
+        else:
+            fused.append(layer)
+    net.features = nn.Sequential(*fused)
+    return net.to(memory_format=torch.channels_last)
+
+
+def window_logits(model: TipNet, windows: np.ndarray) -> np.ndarray:
+    """The network's logits ``(n, 5)`` for prepared windows ``(n, 64, 64)`` (eval mode)."""
+    batch = np.asarray(windows, dtype=np.float32)
+    if batch.ndim != 3 or batch.shape[1:] != (processing.NETWORK_PIXELS,) * 2:
+        raise ValueError(f"expected prepared windows (n, 64, 64), got shape {batch.shape}")
+    model.eval()
+    out = [np.zeros((0, len(CLASSES)), dtype=np.float32)]
+    with torch.inference_mode():
+        for start in range(0, len(batch), CHUNK):
+            x = torch.from_numpy(batch[start:start + CHUNK]).unsqueeze(1)
+            out.append(model(x.contiguous(memory_format=torch.channels_last)).numpy())
+    return np.concatenate(out)
+
+
+class TipNetAssessor:
+    """Judges STM images: calibrated probabilities of the five tip classes.
+
+    Thread use is torch's global setting (``torch.set_num_threads``); at batch 1 one thread
+    is fastest.
+    """
+
+    def __init__(self, model: TipNet, model_id: str) -> None:
+        self._model = model.eval()
+        self._net = inference_copy(self._model)
+        self._model_id = model_id
+
+    @property
+    def model_id(self) -> str:
+        """Name and weight-file sha256 prefix, recorded with every assessment."""
+        return self._model_id
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature fitted on the validation split."""
+        return float(self._model.temperature)
+
+    def probabilities(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated probabilities ``(frames, 5)`` for prepared frames (each a
+        ``(k, 64, 64)`` stack of windows from :func:`spm_bluesky.domain.processing.prepare`)."""
+        if len(prepared) == 0:
+            return np.zeros((0, len(CLASSES)))
+        logits = window_logits(self._net, np.concatenate(prepared))
+        return calibrate(frame_scores(logits, [len(p) for p in prepared]), self.temperature)
+
+    def assess(self, image_m: np.ndarray, scan_size_m: float) -> Assessment:
+        """Judge one square frame of heights in metres whose edge is ``scan_size_m`` (m).
+
+        Raises ValueError for NaN, a wrong shape, an empty image or a bad scan size.
+        """
+        return self.assess_batch([image_m], scan_size_m)[0]
+
+    def assess_batch(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray,
+        scan_size_m: float | Sequence[float] | np.ndarray,
+    ) -> list[Assessment]:
+        """Judge several frames (a ``(n, px, px)`` stack or a list of any sizes) at once.
+
+        ``scan_size_m`` is one edge (m) for all frames or one per frame.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            raise ValueError("assess_batch expects several frames: use assess() for one image, "
+                             "or pass a (n, px, px) stack")
+        probabilities = self.probabilities(processing.prepare_batch(images, scan_size_m))
+        return [Assessment.from_vector(p, self._model_id) for p in probabilities]
+
+
+def serialise(model: TipNet) -> bytes:
+    """The state_dict as ``torch.save`` bytes, independent of the file name (reproducible)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def load_assessor(path: Path | str | None = None) -> TipNetAssessor:
+    """An :class:`TipNetAssessor` from a weight file (default: the shipped ``assessor.pt``).
+
+    The file is a ``TipNet`` state_dict, read with ``torch.load(weights_only=True)``
+    (no arbitrary unpickling).
+    """
+    source = Path(path) if path is not None else WEIGHTS
+    if not source.is_file():
+        raise FileNotFoundError(f"no assessor weights at {source}: train them with "
+                                "'spm-bluesky train assessor'")
+    data = source.read_bytes()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    model = TipNet()
+    model.load_state_dict(state)
+    return TipNetAssessor(model, model_id_for(data))

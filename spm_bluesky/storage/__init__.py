@@ -1,0 +1,1 @@
+"""Tiled storage: the embedded server, the document writers, and reading stored runs back."""

@@ -1,0 +1,36 @@
+"""The assessor over stored runs: a real Tiled server, a real RunEngine, the replay callback."""
+
+from __future__ import annotations
+
+import pytest
+from bluesky import RunEngine
+
+from spm_bluesky.ml.assessor import load_assessor
+from spm_bluesky.ml.assessor.callback import ReplayAssessor
+from spm_bluesky.plans import acquire_image
+from spm_bluesky.storage.tiled import make_writer, replay
+from spm_bluesky.twin import TipClass
+from tests.unit.test_assessor import mock_stm, twin_image
+
+
+@pytest.fixture(scope="module")
+def assessor():
+    return load_assessor()
+
+
+@pytest.mark.integration
+def test_replay_callback_assesses_a_stored_run(assessor, tiled_client):
+    image = twin_image(11, TipClass.BLUNT, 10e-9, 128)
+    stm = mock_stm(image, 10e-9, "blunt")
+    RE = RunEngine(call_returns_result=True)
+    RE.subscribe(make_writer(tiled_client))
+    uid = RE(acquire_image(stm, 0.0, 0.0, size=10e-9, pixels=128)).run_start_uids[0]
+    callback = ReplayAssessor(assessor)
+    replay(tiled_client[uid], callback)
+    assert len(callback.results) == 1
+    result = callback.results[0]
+    expected = assessor.assess(image, 10e-9)
+    assert result.run_uid == uid and result.field == "stm-scan-image"
+    assert result.truth == "blunt"
+    assert result.assessment.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
+    assert result.assessment.model_id == assessor.model_id

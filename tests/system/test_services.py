@@ -1,0 +1,148 @@
+"""``spm-bluesky up / status / down`` for real: detached IOC and Tiled processes on loopback."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from spm_bluesky.services.epics_env import free_port
+from spm_bluesky.storage.tiled import connect
+from tests.session_helpers import clean_env, kill_leftovers, processes_in, read_state, spm
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh data directory; whatever still runs there afterwards is stopped."""
+    path = tmp_path / "spm-data"
+    try:
+        yield path
+    finally:
+        spm("down", "--data-dir", path)
+        kill_leftovers(tmp_path)
+
+
+def _ca_read(pv: str, epics_env: dict[str, str]) -> str:
+    """Read a PV with caproto in a separate process that has only the recorded CA settings."""
+    code = ("from caproto.sync.client import read; "
+            f"print(read({pv!r}, timeout=5, repeater=False).data[0])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=clean_env(**epics_env))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_commands_say_when_nothing_is_up(data_dir: Path) -> None:
+    status = spm("status", "--data-dir", data_dir)
+    assert status.returncode == 1
+    assert f"no services are up in {data_dir}" in status.stdout
+    assert "spm-bluesky up" in status.stdout
+    down = spm("down", "--data-dir", data_dir)
+    assert down.returncode == 0 and "nothing to stop" in down.stdout
+    shell = spm("shell", "--data-dir", data_dir)
+    assert shell.returncode == 1 and "no services are up" in shell.stderr
+
+
+def test_up_status_down(data_dir: Path) -> None:
+    up = spm("up", "--data-dir", data_dir, "--seed", "3")
+    assert up.returncode == 0, up.stderr
+    assert "started:" in up.stdout
+    state_file = data_dir / "services.json"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    state = read_state(data_dir)
+    assert state["data_dir"] == str(data_dir)
+    assert state["api_key"] == (data_dir / "tiled" / "api_key").read_text().strip()
+    assert state["epics_env"]["EPICS_CA_SERVER_PORT"] == str(state["ca_port"])
+    assert state["epics_env"]["EPICS_CA_ADDR_LIST"] == "127.0.0.1"
+    assert state["tiled_uri"].startswith("http://127.0.0.1:")
+    ioc_pid, tiled_pid = state["ioc"]["pid"], state["tiled"]["pid"]
+    assert psutil.pid_exists(ioc_pid) and psutil.pid_exists(tiled_pid)
+
+    # Both answer clients that know only what the state file says.
+    assert _ca_read("STM:Sim:Seed", state["epics_env"]) == "3"
+    assert len(connect(state["tiled_uri"], state["api_key"])) == 0
+
+    status = spm("status", "--data-dir", data_dir)
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.count("running, answering") == 2
+    assert f"127.0.0.1:{state['ca_port']}" in status.stdout
+    assert state["tiled_uri"] in status.stdout
+
+    again = spm("up", "--data-dir", data_dir)
+    assert again.returncode == 0 and "already up" in again.stdout
+    assert read_state(data_dir)["ioc"]["pid"] == ioc_pid
+
+    # A service that died is reported, and `up` refuses to start beside the survivor.
+    psutil.Process(tiled_pid).kill()
+    assert _wait_gone(tiled_pid)
+    status = spm("status", "--data-dir", data_dir)
+    assert status.returncode == 1
+    lines = status.stdout.splitlines()
+    assert any(line.split()[:3] == ["ioc", "running,", "answering"] for line in lines)
+    assert any(line.split()[:2] == ["tiled", "NOT"] for line in lines), status.stdout
+    refused = spm("up", "--data-dir", data_dir)
+    assert refused.returncode == 1 and "spm-bluesky down" in refused.stderr
+
+    down = spm("down", "--data-dir", data_dir)
+    assert down.returncode == 0, down.stderr
+    assert _wait_gone(ioc_pid)
+    assert not state_file.exists()
+    assert processes_in(data_dir) == []
+    after = spm("status", "--data-dir", data_dir)
+    assert after.returncode == 1 and "no services are up" in after.stdout
+
+
+@pytest.mark.parametrize("option", ["--ioc-port", "--tiled-port"])
+def test_taken_port_is_refused_before_anything_starts(data_dir: Path, option: str) -> None:
+    port = free_port()
+    with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", port))
+        tcp.listen()
+        udp.bind(("127.0.0.1", port))
+        up = spm("up", "--data-dir", data_dir, option, str(port))
+    assert up.returncode == 1
+    assert f"port {port}" in up.stderr and "is taken" in up.stderr and option in up.stderr
+    assert not (data_dir / "services.json").exists()
+    assert not (data_dir / "ioc.log").exists()
+    assert processes_in(data_dir) == []
+
+
+def test_ioc_that_does_not_start_is_reported_with_its_log(data_dir: Path) -> None:
+    up = spm("up", "--data-dir", data_dir, "--time-scale", "-1")
+    assert up.returncode == 1
+    assert "the IOC did not start" in up.stderr
+    assert "End of its log" in up.stderr and "time-scale" in up.stderr  # the IOC's own error
+    assert not (data_dir / "services.json").exists()
+    assert processes_in(data_dir) == []
+
+
+def test_tiled_that_does_not_start_is_reported_and_the_ioc_stopped(data_dir: Path) -> None:
+    (data_dir / "tiled").mkdir(parents=True)
+    (data_dir / "tiled" / "api_key").write_text("not a key!\n")
+    up = spm("up", "--data-dir", data_dir)
+    assert up.returncode == 1
+    assert "Tiled did not start" in up.stderr and "api_key" in up.stderr
+    assert (data_dir / "ioc.log").exists()  # the IOC had started ...
+    assert not (data_dir / "services.json").exists()
+    assert processes_in(data_dir) == []  # ... and was stopped again
