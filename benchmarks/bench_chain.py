@@ -27,7 +27,7 @@ from ophyd_async.core import init_devices  # noqa: E402
 from spm_bluesky.devices.sim_detector import SoftImageDetector  # noqa: E402
 from spm_bluesky.devices.stm import STM  # noqa: E402
 from spm_bluesky.plans.acquire import set_frame  # noqa: E402
-from spm_bluesky.storage.tiled import TiledConfig, start_server, subscribe_writer  # noqa: E402
+from spm_bluesky.storage import TiledConfig, start_server, subscribe_writer  # noqa: E402
 
 PREFIX = "BENCH:"
 #: DeepSPM's 10 nm frames at both pixel counts (the twin renders a 10 nm frame in ~1-4 ms).

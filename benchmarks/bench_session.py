@@ -32,12 +32,12 @@ from caproto.threading.client import Context  # noqa: E402
 from ophyd_async.core import init_devices  # noqa: E402
 
 from spm_bluesky.autonomy.writer import session_writer  # noqa: E402
-from spm_bluesky.commandline.run import make_policy  # noqa: E402
 from spm_bluesky.devices.stm import STM  # noqa: E402
 from spm_bluesky.evaluation.session import SimulatedIoc  # noqa: E402
+from spm_bluesky.ml.agent.policies import policy_by_name  # noqa: E402
 from spm_bluesky.ml.assessor import load_assessor  # noqa: E402
 from spm_bluesky.plans.autonomous import autonomous_session  # noqa: E402
-from spm_bluesky.storage.tiled import (  # noqa: E402
+from spm_bluesky.storage import (  # noqa: E402
     TiledConfig,
     connect,
     read_image_stream,
@@ -112,7 +112,7 @@ def main() -> None:
         RE.subscribe(session_writer(client))
         with init_devices():
             stm = STM(ioc.prefix, name="stm", sim=True)
-        assessor, policy = load_assessor(), make_policy(args.policy, args.seed)
+        assessor, policy = load_assessor(), policy_by_name(args.policy, seed=args.seed)
         served = ServedHashes(ioc.prefix)
         rss = [mib(me)]
         RE.subscribe(lambda name, doc: rss.append(mib(me)), "stop")

@@ -29,7 +29,7 @@ from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
 from spm_bluesky.devices.sim_detector import SoftImageDetector
-from spm_bluesky.storage.tiled import (
+from spm_bluesky.storage import (
     TiledConfig,
     make_writer,
     read_image_stream,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spm_bluesky.storage.tiled import TiledConfig, TiledServer, connect, start_server
+from spm_bluesky.storage import TiledConfig, TiledServer, connect, start_server
 
 POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER = "127.0.0.1", 5432, "postgres"
 

@@ -3,7 +3,7 @@
 """Session settings: where the IOC and Tiled are, before any Channel Access client starts.
 
 Read from the state file of `spm-bluesky up` (``$SPM_BLUESKY_HOME/services.json``, default
-``./spm-data``) or from ``SPM_*``/``EPICS_CA_*`` variables; see the README, "The session".
+``./spm-data``) or from ``SPM_*``/``EPICS_CA_*`` variables; see docs/reference/profile.md.
 These files run in IPython and in the queueserver's worker alike: IPython-only parts check
 INTERACTIVE.
 """

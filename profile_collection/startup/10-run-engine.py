@@ -7,14 +7,15 @@ from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
 from bluesky.utils import PersistentDict, ProgressBarManager
 
+from spm_bluesky import schema
 from spm_bluesky.services.profile import LatestImage
 
 RE = RunEngine()
-# One process at a time per directory (zict): see the README, "The session".
+# One process at a time per directory (zict): see docs/reference/profile.md.
 RE.md = PersistentDict(str(settings.metadata_dir))
 
 bec = BestEffortCallback()
-bec.noplot_streams.append("truth")  # the twin's true tip class: a label, not a curve
+bec.noplot_streams.append(schema.TRUTH)  # the twin's true tip class: a label, not a curve
 RE.subscribe(bec)
 if INTERACTIVE:
     import matplotlib

@@ -3,7 +3,7 @@
 """The Tiled catalog ``c`` and a TiledWriter: every run goes to Tiled as it is taken."""
 
 from spm_bluesky.services.profile import connect_tiled
-from spm_bluesky.storage.tiled import subscribe_writer
+from spm_bluesky.storage import subscribe_writer
 
 try:
     c = connect_tiled(settings)

@@ -3,7 +3,7 @@
 :class:`SessionConfig` is what a session was asked to do; :class:`SessionState` what it
 has done so far (the approach-area mask, counters, instrument time), updated image by
 image with :meth:`SessionState.record`; :func:`classify` is DeepSPM's verdict on one frame
-(docs/autonomy.md, "verdict"), judged on the filtered P(tip good) of
+(docs/reference/data-model.md, "verdict"), judged on the filtered P(tip good) of
 :func:`update_belief`. The plan (``plans/autonomous.py``) and the state rebuilt from Tiled
 (``autonomy_state.py``) share these, so a resumed session decides as before.
 """

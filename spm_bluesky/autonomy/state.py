@@ -1,60 +1,67 @@
-"""Rebuild an autonomous session's state from Tiled alone, to resume it.
+"""Rebuild an autonomous session's state from what is durable, to resume it.
 
-:func:`rebuild` reads the runs of one ``session_uid`` (docs/autonomy.md), oldest first,
-keeping the last take of every event (a suspender's retake has the same ``seq_num``), and
-replays their decisions into a :class:`~spm_bluesky.autonomy.rules.SessionState`: the
+:func:`rebuild` reads the runs of one ``session_uid`` (docs/reference/data-model.md) from
+Tiled (:class:`~spm_bluesky.storage.SessionReader`) and, with ``journal``, from the local
+journal, which holds every document the session emitted, also those Tiled has not taken yet
+(:class:`~spm_bluesky.storage.journal_runs.JournalRun` replaces the Tiled copy of a run).
+Oldest first, the last take of every event (a suspender's retake has the same ``seq_num``),
+it replays their decisions into a :class:`~spm_bluesky.autonomy.rules.SessionState`: the
 approach area the tip is over, every disc blocked there (scanned frames, debris, crashes,
-conditioning spots), the spiral position, the counters and the instrument time. Only the
-scalar tables are read, never the images. A run cut off by a crash of the Python process
-counts with the events that reached Tiled.
+conditioning spots), the spiral position, the counters and the instrument time. Then the
+journal's crash marks (made durable before the approach that follows a crash) add crashes
+that no ``fault`` event recorded, and ``mask_file`` (the session's mask copy, saved after
+every blocked disc) adds its blocked cells. Only scalars are read, never the images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
-import pandas as pd
 from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
-from tiled.client.container import Container
 
+from spm_bluesky import schema
 from spm_bluesky.autonomy.rules import UNKNOWN_TIP, SessionConfig, SessionState, Verdict
 from spm_bluesky.domain.area import CELL_SIZE, AreaMask
-from spm_bluesky.storage.tiled import read_stream_table, runs_by_session
+from spm_bluesky.storage import Disc, FrameRecord, SessionNotFound, SessionReader
+from spm_bluesky.storage.journal import Record, read_marks
+from spm_bluesky.storage.journal_runs import journal_runs
+from spm_bluesky.storage.read import RunRecords
+
+__all__ = ["CRASH_MARK", "SessionNotFound", "crash_mark", "rebuild"]
+
+#: The journal mark a session makes before it approaches again after a crash.
+CRASH_MARK = "crash"
 
 
-class SessionNotFound(LookupError):
-    """No run in Tiled carries the session uid (or none of an autonomous session)."""
-
-
-@dataclass(frozen=True)
-class Disc:
-    """A blocked disc (m) in one approach area."""
-
-    area_index: int
-    x: float
-    y: float
-    radius: float
-
-
-def stream_table(run: Container, stream: str) -> pd.DataFrame:
-    """:func:`~spm_bluesky.storage.tiled.read_stream_table` with ``seq_num`` as a column and ``_``
-    for ``-`` in the column names (``stm_scan_clock``); empty if the run has no such stream."""
-    table = read_stream_table(run, stream)
-    if table is None or table.empty:
-        return pd.DataFrame()
-    return table.reset_index().rename(columns=lambda c: c.replace("-", "_"))
+def crash_mark(session_uid: str, area: int, x: float, y: float, radius: float, clock: float,
+               crash_count: int) -> dict[str, object]:
+    """The body of a crash mark (the fields :func:`rebuild` reads back)."""
+    return {schema.SESSION_UID: session_uid, "area": int(area), "x": float(x), "y": float(y),
+            "radius": float(radius), "clock": float(clock), "crash_count": int(crash_count)}
 
 
 class _Rebuild:
-    """Feeds one run after another into a state; :meth:`state` gives the result."""
+    """Feeds one run after another into a state; :meth:`result` gives the state."""
 
     def __init__(self, session_uid: str) -> None:
         self.state = SessionState(session_uid)
         self.discs: list[Disc] = []
         self.area_index = 0
         self.config: SessionConfig | None = None
+        #: (instrument crash count, clock) of every crash a ``fault`` event recorded.
+        self.crashes_seen: set[tuple[int, float]] = set()
+
+    def crash_marks(self, marks: list[Record]) -> None:
+        """Count and block the crashes marked in the journal that no event recorded."""
+        for mark in marks:
+            body = mark.body
+            key = (int(body["crash_count"]), round(float(body["clock"]), 6))
+            if body.get(schema.SESSION_UID) != self.state.session_uid or key in self.crashes_seen:
+                continue
+            self.crashes_seen.add(key)
+            self.block(body["x"], body["y"], body["radius"], body["area"])
+            self.state.crashes += 1
+            self.state.observe_clock(float(body["clock"]))
 
     @property
     def crash_radius(self) -> float:
@@ -65,114 +72,123 @@ class _Rebuild:
         area = self.area_index if area_index is None else int(area_index)
         self.discs.append(Disc(area, float(x), float(y), float(radius)))
 
-    def frames(self, primary: pd.DataFrame, size: float) -> None:
-        """Count frames of a ``primary`` table and block ``size / 2`` around each."""
-        for row in primary.itertuples(index=False):
-            data = row._asdict()
-            self.area_index = int(data["stm_scan_area_index"])
-            self.block(data["stm_scan_center_x"], data["stm_scan_center_y"], size / 2)
-            self.state.observe_clock(float(data["stm_scan_clock"]))
-        self.state.images += len(primary)
+    def frames(self, frames: list[FrameRecord], size: float) -> None:
+        """Count ``frames`` and block ``size / 2`` around each."""
+        for frame in frames:
+            self.area_index = frame.area
+            self.block(frame.x, frame.y, size / 2)
+            self.state.observe_clock(frame.clock)
+        self.state.images += len(frames)
 
-    def scan_run(self, run: Container, size: float) -> None:
+    def scan_run(self, run: RunRecords, size: float) -> None:
         state = self.state
-        decided = stream_table(run, "decision")
-        for row in decided.itertuples(index=False):
-            data = row._asdict()
-            verdict = Verdict(data["decision_verdict"])
-            self.area_index = int(data["decision_area_index"])
-            self.block(data["decision_block_x"], data["decision_block_y"],
-                       data["decision_block_radius"])
-            state.images = int(data["decision_image"])
-            state.good_images = int(data["decision_good_images"])
-            state.consecutive_bad = int(data["decision_consecutive_bad"])
-            state.debris_retries = int(data["decision_debris_retries"])
+        decided = run.decisions()
+        for decision in decided:
+            verdict = Verdict(decision.verdict)
+            self.area_index = decision.area
+            self.block(decision.block_x, decision.block_y, decision.block_radius)
+            state.images = decision.image
+            state.good_images = decision.good_images
+            state.consecutive_bad = decision.consecutive_bad
+            state.debris_retries = decision.debris_retries
             # Sessions recorded before the tip filter have no belief: start it unknown.
-            state.tip_belief = float(data.get("decision_tip_belief", UNKNOWN_TIP))
+            state.tip_belief = (UNKNOWN_TIP if decision.tip_belief is None
+                                else decision.tip_belief)
             state.crashes += verdict is Verdict.CRASH
-            state.clock = float(data["decision_clock"])
-            state.elapsed = float(data["decision_elapsed"])
-        for row in stream_table(run, "fault").itertuples(index=False):
-            data = row._asdict()
-            if data["fault_radius"] > 0:
-                self.block(data["fault_x"], data["fault_y"], data["fault_radius"])
-            state.crashes += data["fault_kind"] == Verdict.CRASH.value
+            state.clock = decision.clock
+            state.elapsed = decision.elapsed
+        for fault in run.faults():
+            if fault.radius > 0:
+                self.block(fault.x, fault.y, fault.radius)
+            state.crashes += fault.kind == Verdict.CRASH.value
+            self.crashes_seen.add((fault.crash_count, round(fault.clock, 6)))
         # A stop between an image's primary event and its decision (a pause at the
         # checkpoint after the image): the frame is used, its verdict unknown.
-        primary = stream_table(run, "primary")
-        self.frames(primary[primary["seq_num"] > len(decided)] if len(primary) else primary,
-                    size)
+        self.frames([f for f in run.frames() if f.seq_num > len(decided)], size)
 
-    def condition_run(self, run: Container, size: float) -> None:
+    def condition_run(self, run: RunRecords, size: float) -> None:
         state = self.state
-        self.frames(stream_table(run, "primary"), size)
-        actions = stream_table(run, "action")
+        self.frames(run.frames(), size)
+        steps = run.steps()
         crash_count = None
-        for row in actions.itertuples(index=False):
-            data = row._asdict()
-            self.block(data["decision_spot_x"], data["decision_spot_y"],
-                       data["decision_forbidden_radius"])
-            count = int(data["stm_status_crash_count"])
-            if crash_count is not None and count > crash_count:
-                self.block(data["decision_spot_x"], data["decision_spot_y"],
-                           self.crash_radius)
-                state.crashes += count - crash_count
-            crash_count = count
+        for step in steps:
+            self.block(step.x, step.y, step.radius)
+            if crash_count is not None and step.crash_count > crash_count:
+                self.block(step.x, step.y, self.crash_radius)
+                state.crashes += step.crash_count - crash_count
+            crash_count = step.crash_count
         state.episodes += 1
-        state.actions += len(actions)
+        state.actions += len(steps)
         state.consecutive_bad = 0
         state.tip_belief = UNKNOWN_TIP
 
-    def coarse_run(self, run: Container, plan_name: str) -> None:
-        primary = stream_table(run, "primary")
-        if primary.empty:
+    def coarse_run(self, run: RunRecords) -> None:
+        statuses = run.statuses()
+        if not statuses:
             return
-        last = primary.iloc[-1]
-        self.state.observe_clock(float(last["stm_status_clock"]))
-        if plan_name == "move_area":
-            self.area_index = int(last["stm_status_area_index"])
+        last = statuses[-1]
+        self.state.observe_clock(last.clock)
+        if run.plan_name == schema.MOVE_AREA:
+            self.area_index = last.area
             self.state.consecutive_bad = 0
             self.state.debris_retries = 0
 
-    def result(self) -> SessionState:
+    def result(self, mask_file: Path | None = None) -> SessionState:
         state = self.state
         mask = AreaMask(area_index=self.area_index, cell_size=CELL_SIZE)
         for disc in self.discs:
-            if disc.area_index == self.area_index:
+            if disc.area == self.area_index:
                 mask.block_disc(disc.x, disc.y, disc.radius)
                 mask.position = (disc.x, disc.y)
+        if mask_file is not None and Path(mask_file).exists():
+            saved = AreaMask.load(mask_file)
+            if saved.area_index == mask.area_index and saved.blocked.shape == mask.blocked.shape:
+                mask.blocked |= saved.blocked
         state.mask = mask
         state.config = self.config
         return state
 
 
-def session_runs(client: CatalogOfBlueskyRuns, session_uid: str) -> Iterator[Container]:
-    """The session's runs, oldest first."""
-    yield from runs_by_session(client, session_uid).values()
+def _runs(client: CatalogOfBlueskyRuns | None, session_uid: str,
+          journal: Path | None) -> list[RunRecords]:
+    """The session's runs, oldest first: from Tiled, each replaced by its journal copy."""
+    runs: dict[str, RunRecords] = {}
+    if client is not None:
+        try:
+            runs.update((run.uid, run) for run in SessionReader(client, session_uid))
+        except SessionNotFound:
+            if journal is None:
+                raise
+    if journal is not None:
+        runs.update((run.uid, run) for run in journal_runs(journal, session_uid))
+    return sorted(runs.values(), key=lambda run: run.time)
 
 
-def rebuild(client: CatalogOfBlueskyRuns, session_uid: str) -> SessionState:
-    """The state of session ``session_uid`` as its runs in Tiled leave it (see module doc).
+def rebuild(client: CatalogOfBlueskyRuns | None, session_uid: str, *,
+            journal: Path | None = None, mask_file: Path | None = None) -> SessionState:
+    """The state of session ``session_uid`` as its durable records leave it (module doc).
 
-    Raises SessionNotFound if Tiled holds no run of an autonomous session with this uid.
+    ``client`` (None: journal only) is Tiled; ``journal`` the journal directory.
+    Raises SessionNotFound if neither holds a run of an autonomous session with this uid.
     """
     builder = _Rebuild(session_uid)
     runs = 0
-    for run in session_runs(client, session_uid):
-        start: dict[str, Any] = run.metadata["start"]
-        if "autonomy" not in start:
+    for run in _runs(client, session_uid, journal):
+        if run.autonomy is None:
             continue
-        builder.config = SessionConfig.from_md(start["autonomy"])
-        runs = max(runs, int(start.get("autonomy_run", 0)) + 1)
-        plan_name = start.get("plan_name")
-        if plan_name == "autonomous_scan":
-            builder.scan_run(run, builder.config.size)
-        elif plan_name == "condition_tip":
-            builder.condition_run(run, builder.config.size)
-        elif plan_name in ("move_area", "approach", "withdraw"):
-            builder.coarse_run(run, plan_name)
+        builder.config = config = SessionConfig.from_md(run.autonomy)
+        runs = max(runs, run.autonomy_run + 1)
+        if run.plan_name == schema.AUTONOMOUS_SCAN:
+            builder.scan_run(run, config.size)
+        elif run.plan_name == schema.CONDITION_TIP:
+            builder.condition_run(run, config.size)
+        elif run.plan_name in schema.COARSE_PLANS:
+            builder.coarse_run(run)
     if builder.config is None:
-        raise SessionNotFound(f"Tiled holds no run of an autonomous session {session_uid!r}")
-    state = builder.result()
+        where = "Tiled" if journal is None else "Tiled or the journal"
+        raise SessionNotFound(f"{where} holds no run of an autonomous session {session_uid!r}")
+    if journal is not None:
+        builder.crash_marks(read_marks(journal, CRASH_MARK))
+    state = builder.result(mask_file)
     state.runs = runs
     return state

@@ -8,7 +8,9 @@ on a terminal in place (carriage return), otherwise a new line every ``interval`
     RE.subscribe(ProgressLine(SessionTally(), hours=2))
 
 Events a suspender made the plan take again (same stream and ``seq_num`` in a run) are
-counted once (DESIGN.md, pitfalls).
+counted once. The tally reads live documents, not stored runs, so it cannot use
+:class:`~spm_bluesky.storage.SessionReader`; it builds the same records from each event
+(:mod:`spm_bluesky.storage.records`) and takes every other name from :mod:`spm_bluesky.schema`.
 """
 
 from __future__ import annotations
@@ -16,30 +18,15 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from event_model import unpack_event_page
+from event_model.documents import Document, Event, EventDescriptor, EventPage, RunStart
 
+from spm_bluesky import schema
 from spm_bluesky.autonomy.rules import Verdict
 from spm_bluesky.protocols import GOOD
-
-# What the session's documents hold (docs/autonomy.md).
-IMAGE_KEY = "stm-scan-image"
-DECISION_STREAM = "decision"
-VERDICT_KEY = "decision-verdict"
-TRUTH_STREAM = "truth"
-TRUTH_KEY = "stm-sim-tip_state"
-ACTION_STREAM = "action"
-FAULT_STREAM = "fault"
-FAULT_KIND_KEY = "fault-kind"
-#: A frame's instrument clock, in the events of scan and conditioning runs.
-FRAME_CLOCK_KEY = "stm-scan-clock"
-CLOCK_KEYS = (FRAME_CLOCK_KEY, "stm-status-clock", "decision-clock", "fault-clock")
-CRASH_COUNT_KEYS = ("stm-status-crash_count", "fault-crash_count")
-CONDITIONING_PLAN = "condition_tip"
-MOVE_PLAN = "move_area"
-
-Document = dict[str, Any]
+from spm_bluesky.storage.records import DecisionRecord, FaultRecord, TruthRecord
 
 
 @dataclass
@@ -103,48 +90,53 @@ class SessionTally:
 
     def __call__(self, name: str, doc: Document) -> None:
         if name == "start":
-            plan = doc.get("plan_name", "")
-            self.episodes += plan == CONDITIONING_PLAN
-            self.area_moves += plan == MOVE_PLAN
-            start_clock = doc.get("autonomy", {}).get("start_clock")
+            start: dict[str, Any] = dict(cast(RunStart, doc))
+            plan = start.get(schema.PLAN_NAME, "")
+            self.episodes += plan == schema.CONDITION_TIP
+            self.area_moves += plan == schema.MOVE_AREA
+            autonomy = start.get(schema.AUTONOMY) or {}
+            start_clock = autonomy.get(schema.AUTONOMY_START_CLOCK)
             if self.first_clock is None and start_clock is not None:
                 self.first_clock = float(start_clock)
         elif name == "descriptor":
-            self._streams[doc["uid"]] = (doc["run_start"], doc.get("name", ""))
+            descriptor = cast(EventDescriptor, doc)
+            self._streams[descriptor["uid"]] = (descriptor["run_start"],
+                                                descriptor.get("name", schema.PRIMARY))
         elif name == "event":
-            self._event(doc)
+            self._event(cast(Event, doc))
         elif name == "event_page":
-            for event in unpack_event_page(doc):
+            for event in unpack_event_page(cast(EventPage, doc)):
                 self._event(event)
 
-    def _event(self, doc: Document) -> None:
+    def _event(self, doc: Event) -> None:
         key = (doc["descriptor"], int(doc["seq_num"]))
         if key in self._seen:
             return
         self._seen.add(key)
         run, stream = self._streams.get(doc["descriptor"], ("", ""))
-        data, image = doc["data"], (run, int(doc["seq_num"]))
-        for clock_key in CLOCK_KEYS:
+        data, seq_num = doc["data"], int(doc["seq_num"])
+        image = (run, seq_num)
+        for clock_key in schema.CLOCK_KEYS:
             if clock_key in data:
                 self._tick(float(data[clock_key]))
-        if IMAGE_KEY in data:
+        if schema.SCAN_IMAGE in data:
             self.images += 1
-        if stream == DECISION_STREAM:
-            verdict = str(data.get(VERDICT_KEY, ""))
+        if stream == schema.DECISION:
+            verdict = DecisionRecord.from_data(run, seq_num, data).verdict
             if verdict == Verdict.KEPT:
                 self.kept += 1
                 self._kept_waiting.add(image)
             self._crash_seen(verdict == Verdict.CRASH)
-        elif stream == TRUTH_STREAM and TRUTH_KEY in data:
-            self.tip_state = str(data[TRUTH_KEY])
+        elif stream == schema.TRUTH and (truth := TruthRecord.from_data(run, seq_num, data)):
+            self.tip_state = truth.tip_state
             if image in self._kept_waiting:
                 self._kept_waiting.discard(image)
                 self.truly_good += self.tip_state == GOOD
-        elif stream == ACTION_STREAM:
+        elif stream == schema.ACTION:
             self.actions += 1
-        elif stream == FAULT_STREAM:
-            self._crash_seen(data.get(FAULT_KIND_KEY) == Verdict.CRASH)
-        for count_key in CRASH_COUNT_KEYS:
+        elif stream == schema.FAULT:
+            self._crash_seen(FaultRecord.from_data(run, seq_num, data).kind == Verdict.CRASH)
+        for count_key in schema.CRASH_COUNT_KEYS:
             if count_key in data:
                 self.crashes += self._crash_counter.reading(int(data[count_key]))
 

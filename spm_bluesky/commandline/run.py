@@ -2,60 +2,72 @@
 
 Uses the services recorded in the data directory (``spm-bluesky up``); when none run there,
 starts them (twin seed ``--seed``) and stops them again at the end. The session uid is
-printed first, so a stopped session can be resumed with ``--resume UID``: its state comes
-from Tiled alone (:mod:`spm_bluesky.autonomy.state`). Ctrl-C or SIGTERM stops at the next
-checkpoint and closes the open run, so Tiled holds every image taken.
+printed first, so a stopped session can be resumed with ``--resume UID`` (or a unique
+prefix of it): its state comes from Tiled and the journal (:mod:`spm_bluesky.autonomy.state`),
+read before the IOC is connected. ``--hours`` and ``--images`` count the whole session, so a
+resumed session needs limits above what it has done. Every document goes to the journal in
+the data directory (fsynced) before the session goes on, and a drain thread fills Tiled from
+there (:mod:`spm_bluesky.storage.durable`): a Tiled outage delays storage and never stops the
+session. Before the IOC is touched the journal must open and the disk have room
+(:func:`~spm_bluesky.storage.preflight.check_durable`). Ctrl-C or SIGTERM stops at the next
+checkpoint and closes the open run; a kill leaves it to the next start, which closes it with
+``exit_status="abort"``.
 """
 
-from __future__ import annotations
-
-import argparse
+import contextlib
 import os
 import signal
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import typer
+
+from spm_bluesky.commandline._catalog import (
+    Catalog,
+    SessionLookupError,
+    resolve_session,
+    tiled_data,
+)
+from spm_bluesky.commandline._common import (
+    DataDir,
+    choice,
+    fail,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    usage_error,
+    warn,
+)
+from spm_bluesky.commandline.services import not_up
+from spm_bluesky.ml.agent.policies import INSTRUMENT_POLICIES
 from spm_bluesky.services.launch import (
     HOME_ENV,
     ServiceError,
     ServiceState,
     UpOptions,
-    data_dir_from,
+    down,
+    up,
 )
 
-POLICIES = ("agent", "heuristic", "random")
 #: Where a session keeps its area-mask file (shared by its plans), inside the data directory.
 AUTONOMY_DIR = "autonomy"
 
 
-def make_policy(name: str, seed: int) -> Any:
-    """The conditioning policy called ``name``; FileNotFoundError if the agent has no weights."""
-    from spm_bluesky.ml.agent.policies import HeuristicPolicy, RandomPolicy
-
-    if name == "agent":
-        from spm_bluesky.ml.agent.dqn import load_agent
-
-        return load_agent()
-    if name == "heuristic":
-        return HeuristicPolicy()
-    if name == "random":
-        return RandomPolicy(seed)
-    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
-
-
 def ensure_services(data_dir: Path, seed: int) -> bool:
     """Start the IOC and Tiled in ``data_dir`` unless they run there; True if started."""
-    from spm_bluesky.services.launch import up
-
     state = ServiceState.read(data_dir)
     if state is not None and state.seed != seed:
-        print(f"note: the services in {data_dir} run twin seed {state.seed}, not {seed}",
-              file=sys.stderr)
+        warn("run", f"the services in {data_dir} run twin seed {state.seed}, not {seed}")
     _, started = up(UpOptions(data_dir=data_dir, seed=seed))
     return started
+
+
+def services_up(data_dir: Path) -> bool:
+    """True if every service recorded in ``data_dir`` runs."""
+    state = ServiceState.read(data_dir)
+    return state is not None and all(record.alive() for record in state.records().values())
 
 
 def _stop_on_sigterm(request_pause: Callable[..., Any]) -> None:
@@ -63,67 +75,145 @@ def _stop_on_sigterm(request_pause: Callable[..., Any]) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: request_pause(defer=True))
 
 
-def run_session(args: argparse.Namespace) -> int:
-    """The ``run`` command (see the module docstring)."""
-    data_dir = data_dir_from(args.data_dir)
-    try:
-        policy = make_policy(args.policy, args.seed)
-    except FileNotFoundError as err:
-        print(f"spm-bluesky run: --policy agent needs the trained agent: {err}. "
-              "Use --policy heuristic or --policy random meanwhile.", file=sys.stderr)
-        return 2
-    try:
-        started = ensure_services(data_dir, args.seed)
-    except ServiceError as err:
-        print(f"spm-bluesky run: {err}", file=sys.stderr)
-        return 1
-    try:
-        return _run(args, data_dir, policy)
-    finally:
-        if started and not args.keep_services:
-            from spm_bluesky.services.launch import down
+def _check_limits(state: Any, hours: float | None, images: int | None) -> None:
+    """A usage error if a limit is one the resumed session has already reached."""
+    uid = state.session_uid
+    if images is not None and state.images >= images:
+        raise usage_error("--images", f"session {uid} already has {state.images} images and "
+                                      f"the limit counts the whole session: give more than "
+                                      f"{state.images}")
+    done = state.elapsed / 3600.0
+    if hours is not None and done >= hours:
+        raise usage_error("--hours", f"session {uid} already ran {done:.3f} instrument hours "
+                                     f"and the limit counts the whole session: give more "
+                                     f"than {done:.3f}")
 
+
+def run_command(
+    hours: float | None = typer.Option(
+        None, parser=positive_float, show_default=False,
+        help="instrument hours (Status:Clock) of the whole session, resumes included"),
+    images: int | None = typer.Option(
+        None, parser=positive_int, show_default=False,
+        help="images of the whole session, resumes and conditioning images included"),
+    seed: int = typer.Option(0, parser=non_negative_int,
+                             help="twin seed when starting the services; random policy seed"),
+    resume: str | None = typer.Option(
+        None, metavar="SESSION", show_default=False,
+        help="continue this session (its uid or a unique prefix) from its state in Tiled"),
+    data_dir: Path = DataDir,
+    policy: str = typer.Option("agent", parser=choice(*INSTRUMENT_POLICIES),
+                               metavar="[" + "|".join(INSTRUMENT_POLICIES) + "]",
+                               help="conditioning policy"),
+    bad_limit: int = typer.Option(10, parser=positive_int,
+                                  help="bad images in a row before conditioning"),
+    run_images: int = typer.Option(50, parser=positive_int,
+                                   help="images per autonomous_scan run"),
+    keep_services: bool = typer.Option(
+        False, "--keep-services",
+        help="leave the IOC and Tiled running if this command started them"),
+) -> int:
+    """Run (or resume) an autonomous DeepSPM session against the IOC and Tiled.
+
+    Stops at --hours or --images, whichever comes first (give one or both); both count the
+    whole session, so a resumed session goes on until its totals reach them.
+    """
+    from spm_bluesky.ml.agent.policies import MissingAgentError, policy_by_name
+
+    if hours is None and images is None:
+        raise typer.BadParameter("give --hours or --images")
+    try:
+        conditioning = policy_by_name(policy, seed=seed)
+    except MissingAgentError as err:
+        raise fail(f"--policy agent needs the trained agent: {err}. Use --policy heuristic "
+                   "or --policy random meanwhile.", 2) from None
+    try:
+        if resume and not services_up(data_dir) and not tiled_data(data_dir):
+            raise fail(f"cannot resume {resume}: {not_up(data_dir)}; and {data_dir} holds no "
+                       "Tiled data to find the session in")
+        started = ensure_services(data_dir, seed)
+    except ServiceError as err:
+        raise fail(str(err)) from None
+    try:
+        return _run(data_dir, conditioning, resume=resume, hours=hours, images=images,
+                    bad_limit=bad_limit, run_images=run_images)
+    finally:
+        if started and not keep_services:
             down(data_dir)
 
 
-def _run(args: argparse.Namespace, data_dir: Path, policy: Any) -> int:
-    from bluesky import RunEngine
-    from bluesky.utils import RunEngineInterrupted
-
+def _run(data_dir: Path, policy: Any, *, resume: str | None, hours: float | None,
+         images: int | None, bad_limit: int, run_images: int) -> int:
     from spm_bluesky.autonomy.state import SessionNotFound, rebuild
-    from spm_bluesky.autonomy.writer import session_writer
-    from spm_bluesky.ml.assessor import load_assessor
-    from spm_bluesky.plans.autonomous import autonomous_session
     from spm_bluesky.services.profile import (
         ServiceMissing,
         SessionSettings,
         connect_stm,
         connect_tiled,
     )
+    from spm_bluesky.storage.durable import durable_path
+    from spm_bluesky.storage.journal import JournalError, journal_dir
+    from spm_bluesky.storage.preflight import check_durable
 
     settings = SessionSettings.resolve({**os.environ, HOME_ENV: str(data_dir)})
     settings.apply_epics_env()
     try:
+        check_durable(data_dir)
         client = connect_tiled(settings)
-        RE = RunEngine(call_returns_result=True)
-        stm = connect_stm(settings)
-    except ServiceMissing as err:
-        print(f"spm-bluesky run: {err}", file=sys.stderr)
-        return 1
-    resume_state = None
-    if args.resume:
+    except (ServiceMissing, JournalError) as err:
+        raise fail(str(err)) from None
+    with contextlib.ExitStack() as stack:
         try:
-            resume_state = rebuild(client, args.resume)
-        except SessionNotFound as err:
-            print(f"spm-bluesky run: cannot resume: {err}", file=sys.stderr)
-            return 1
-    session_uid = args.resume or uuid.uuid4().hex
-    mask_path = data_dir / AUTONOMY_DIR / session_uid / "area_mask.json"
-    RE.subscribe(session_writer(client))
+            document_path = stack.enter_context(
+                durable_path(data_dir, lambda: connect_tiled(settings)))
+        except JournalError as err:
+            raise fail(str(err)) from None
+        resume_state = None
+        if resume:
+            catalog = Catalog(client, f"Tiled at {settings.tiled_uri}",
+                              f" --data-dir {data_dir}")
+            try:
+                uid = resolve_session(catalog, resume)
+                resume_state = rebuild(client, uid, journal=journal_dir(data_dir),
+                                       mask_file=mask_path_of(data_dir, uid))
+            except (SessionLookupError, SessionNotFound) as err:
+                raise fail(f"cannot resume: {err}") from None
+            _check_limits(resume_state, hours, images)
+            print(f"from the journal and Tiled: {resume_state.images} images, "
+                  f"{resume_state.elapsed / 3600.0:.3f} instrument hours so far; the limits "
+                  "count the whole session", flush=True)
+
+        from bluesky import RunEngine
+
+        RE = RunEngine(call_returns_result=True)
+        try:
+            stm = connect_stm(settings)
+        except ServiceMissing as err:
+            raise fail(str(err)) from None
+        return _go(RE, document_path, stm, policy, data_dir, resume_state, hours=hours,
+                   images=images, bad_limit=bad_limit, run_images=run_images)
+
+
+def mask_path_of(data_dir: Path, session_uid: str) -> Path:
+    """The area-mask file of a session in ``data_dir``."""
+    return data_dir / AUTONOMY_DIR / session_uid / "area_mask.json"
+
+
+def _go(RE: Any, document_path: Any, stm: Any, policy: Any, data_dir: Path, resume_state: Any,
+        *, hours: float | None, images: int | None, bad_limit: int, run_images: int) -> int:
+    """Run the session plan, printing its uid first and its counters at the end."""
+    from bluesky.utils import RunEngineInterrupted
+
+    from spm_bluesky.ml.assessor import load_assessor
+    from spm_bluesky.plans.autonomous import autonomous_session
+
+    session_uid = resume_state.session_uid if resume_state else uuid.uuid4().hex
+    mask_path = mask_path_of(data_dir, session_uid)
+    RE.subscribe(document_path)
     plan = autonomous_session(
-        stm, load_assessor(), policy, hours=args.hours, images=args.images,
-        session_uid=session_uid, bad_limit=args.bad_limit, run_images=args.run_images,
-        mask_path=str(mask_path), resume_state=resume_state)
+        stm, load_assessor(), policy, hours=hours, images=images,
+        session_uid=session_uid, bad_limit=bad_limit, run_images=run_images,
+        mask_path=str(mask_path), resume_state=resume_state, safety=document_path.mark)
     action = "resuming" if resume_state else "session"
     print(f"{action} {session_uid} (stop: Ctrl-C; resume: spm-bluesky run --resume "
           f"{session_uid} --data-dir {data_dir} ...)", flush=True)
@@ -142,48 +232,6 @@ def _run(args: argparse.Namespace, data_dir: Path, policy: Any) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add ``run`` to the ``spm-bluesky`` parser."""
-    text = "run (or resume) an autonomous DeepSPM session against the IOC and Tiled"
-    parser = commands.add_parser("run", help=text, description=text)
-    limit = parser.add_argument_group("when to stop (one or both)")
-    limit.add_argument("--hours", type=_positive_float, default=None,
-                       help="instrument hours (Status:Clock) to run")
-    limit.add_argument("--images", type=_positive_int, default=None,
-                       help="images to take (conditioning images included)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="twin seed when starting the services; random policy seed "
-                             "(default: %(default)s)")
-    parser.add_argument("--resume", metavar="SESSION", default=None,
-                        help="continue this session from its state in Tiled")
-    parser.add_argument("--data-dir", default=None,
-                        help=f"data directory (default: ${HOME_ENV}, else ./spm-data)")
-    parser.add_argument("--policy", choices=POLICIES, default="agent",
-                        help="conditioning policy (default: %(default)s)")
-    parser.add_argument("--bad-limit", type=int, default=10,
-                        help="bad images in a row before conditioning (default: %(default)s)")
-    parser.add_argument("--run-images", type=_positive_int, default=50,
-                        help="images per autonomous_scan run (default: %(default)s)")
-    parser.add_argument("--keep-services", action="store_true",
-                        help="leave the IOC and Tiled running if this command started them")
-
-    def handler(args: argparse.Namespace) -> int:
-        if args.hours is None and args.images is None:
-            parser.error("give --hours or --images")
-        return run_session(args)
-
-    parser.set_defaults(handler=handler)
+def add_commands(app: typer.Typer) -> None:
+    """Add ``run`` to ``app``."""
+    app.command("run")(run_command)

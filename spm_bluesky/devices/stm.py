@@ -1,6 +1,7 @@
 """ophyd-async devices over the STM's PV contract (Channel Access).
 
-:class:`STM` is the whole microscope. Its parts map the PV groups of DESIGN.md:
+:class:`STM` is the whole microscope. Its parts map the PV groups of the PV table
+(docs/reference/pv-table.md):
 
 - ``scan`` (:class:`ScanDetector`): a Bluesky detector; ``trigger()`` scans one frame and
   ``read()`` gives it as a 2-D float32 image in metres with the frame's parameters, the
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from bluesky.protocols import Reading, Triggerable
@@ -42,8 +43,7 @@ from ophyd_async.core import (
 )
 from ophyd_async.epics.core import CaSignalBackend, epics_signal_r
 
-#: Default PV prefix of the instrument.
-DEFAULT_PREFIX = "STM:"
+from spm_bluesky.domain.limits import DEFAULT_PREFIX
 
 #: How long a monitor may lag behind a completed put-callback (s).
 MONITOR_LAG_TIMEOUT = 10.0
@@ -69,17 +69,16 @@ class CheckedSignalRW(SignalRW[SignalDatatypeT]):
 
     @AsyncStatus.wrap
     async def set(
-        self, value: SignalDatatypeT, timeout: CalculatableTimeout = CALCULATE_TIMEOUT
+        self, value: SignalDatatypeT, timeout: CalculatableTimeout = "CALCULATE_TIMEOUT"
     ) -> None:
         """Put ``value`` and wait for the put-callback; raise if the IOC refuses it."""
-        if timeout == CALCULATE_TIMEOUT:
-            timeout = self._timeout
+        seconds = self._timeout if timeout == CALCULATE_TIMEOUT else cast(float | None, timeout)
         backend = self._connector.backend
         source = backend.source(self.name, read=False)
         try:
-            await asyncio.wait_for(backend.put(value), timeout)
+            await asyncio.wait_for(backend.put(value), seconds)
         except TimeoutError as exc:
-            raise TimeoutError(f"put {value!r} to {source}: no completion in {timeout} s") from exc
+            raise TimeoutError(f"put {value!r} to {source}: no completion in {seconds} s") from exc
         except Exception as exc:
             if exc:
                 raise
@@ -112,7 +111,7 @@ class Command(Device, Triggerable):
 
     ``trigger()`` puts 1 and waits for the put-callback. When ``watch`` is given it then
     waits until ``done(value_before, value_now)`` holds for that signal, because caproto
-    sends monitors separately from put responses (DESIGN.md pitfall): without the wait a
+    sends monitors separately from put responses (docs/reference/pitfalls.md): without the wait a
     reader could still see the state from before the command.
     """
 
@@ -223,7 +222,7 @@ class ScanDetector(StandardReadable, Triggerable):
                 f"{self.image.source} holds {flat.size} values; a {n} x {n} frame needs {n * n}"
             )
         image = flat[: n * n].reshape(n, n)
-        return {self.image.name: {**reading, "value": image}}
+        return {self.image.name: cast(Reading, {**reading, "value": image})}
 
 
 class Tip(StandardReadable):

@@ -42,7 +42,7 @@ class AreaMask:
     area_index: int = 0
     cell_size: float = CELL_SIZE
     area_size: float = limits.APPROACH_AREA_SIZE
-    blocked: np.ndarray = field(default=None)  # type: ignore[assignment]
+    blocked: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
     position: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
@@ -52,7 +52,7 @@ class AreaMask:
                 f"area_size={self.area_size!r} m"
             )
         n = round(self.area_size / self.cell_size)
-        if self.blocked is None:
+        if self.blocked.size == 0:
             self.blocked = np.zeros((n, n), dtype=bool)
         self.blocked = np.asarray(self.blocked, dtype=bool)
         if self.blocked.shape != (n, n):

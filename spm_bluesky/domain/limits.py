@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The PV prefix of the instrument contract when none is given (IOC, devices, services).
+DEFAULT_PREFIX = "STM:"
+
 
 @dataclass(frozen=True)
 class Range:

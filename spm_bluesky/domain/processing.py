@@ -325,8 +325,8 @@ def largest_empty_square(
     edge = int(best.max())
     if edge == 0:
         return 0.0, (0.0, 0.0)
-    i, j = np.unravel_index(int(best.argmax()), best.shape)
-    centre_row, centre_col = i - (edge - 1) / 2, j - (edge - 1) / 2
+    row, col = np.unravel_index(int(best.argmax()), best.shape)
+    centre_row, centre_col = row - (edge - 1) / 2, col - (edge - 1) / 2
     x = (centre_col - (cols - 1) / 2) * pixel
     y = (centre_row - (rows - 1) / 2) * pixel
     return edge * pixel, (float(x), float(y))

@@ -3,7 +3,9 @@
 Starts the STM IOC and the embedded Tiled server (``spm-bluesky up``, loopback only, API
 key), runs an accelerated autonomous session (``Sim:TimeScale`` 0) with a live progress
 line, writes the session report from what Tiled stored, and stops the services it started,
-also on Ctrl-C (then the report covers what was done) or SIGTERM.
+also on Ctrl-C (then the report covers what was done) or SIGTERM. Documents go through the
+journal in the data directory (:mod:`spm_bluesky.storage.durable`); the report waits until
+Tiled holds them all.
 """
 
 from __future__ import annotations
@@ -17,18 +19,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, get_args
 
 from spm_bluesky.autonomy.tally import ProgressLine, SessionTally
-from spm_bluesky.evaluation.session import System, build_system, check_agent, release_ca
+from spm_bluesky.evaluation.system import check_agent, release_ca
 from spm_bluesky.report import ReportFiles, build_report
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, up
 
-#: The conditioning policies the demo offers (``--policy``).
+#: The conditioning policies the demo offers (``--policy``): those of the registry that
+#: run on an instrument (the oracle reads the twin's truth: evaluation only).
 PolicyName = Literal["agent", "heuristic", "random"]
-#: The system of :mod:`spm_bluesky.evaluation.session` that uses each policy.
-POLICIES: dict[PolicyName, System] = {"agent": System.FULL, "heuristic": System.HEURISTIC,
-                                      "random": System.RANDOM}
+POLICIES: tuple[str, ...] = get_args(PolicyName)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def check_options(options: DemoOptions) -> None:
         raise ValueError(f"--hours must be positive, not {options.hours}")
     if options.policy not in POLICIES:
         raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, not {options.policy}")
-    if POLICIES[options.policy] is System.FULL:
+    if options.policy == "agent":
         check_agent(options.agent, hint="or run the demo with --policy heuristic")
 
 
@@ -105,22 +106,35 @@ def run_demo(options: DemoOptions, stream: TextIO | None = None) -> DemoResult:
 
 
 def _session(options: DemoOptions, state: Any, began: float, out: TextIO) -> DemoResult:
+    """The session, its documents journaled and drained into Tiled."""
+    from spm_bluesky.ml.agent.policies import policy_by_name
+    from spm_bluesky.ml.assessor.assessor import load_assessor
+    from spm_bluesky.storage import connect
+    from spm_bluesky.storage.durable import durable_path
+
+    os.environ.update(client_ca_env(state.epics_env))  # before the first CA client starts
+    assessor = load_assessor(options.assessor)
+    policy = policy_by_name(options.policy, seed=options.seed, agent=options.agent)
+    client = connect(state.tiled_uri, state.api_key)
+    with durable_path(options.data_dir, lambda: connect(state.tiled_uri, state.api_key)
+                      ) as document_path:
+        return _run_session(options, state, began, out, client, document_path, assessor,
+                            policy)
+
+
+def _run_session(options: DemoOptions, state: Any, began: float, out: TextIO, client: Any,
+                 document_path: Any, assessor: Any, policy: Any) -> DemoResult:
+    """Run the session plan with a progress line; report from Tiled once it holds it all."""
     from bluesky import RunEngine
     from bluesky.run_engine import call_in_bluesky_event_loop
     from bluesky.utils import RunEngineInterrupted
 
-    from spm_bluesky.autonomy.writer import session_writer
     from spm_bluesky.devices.stm import STM
     from spm_bluesky.plans.autonomous import autonomous_session
-    from spm_bluesky.storage.tiled import connect
+    from spm_bluesky.plans.episode import policy_model_id
 
-    os.environ.update(client_ca_env(state.epics_env))  # before the first CA client starts
-    system = POLICIES[options.policy]
-    assessor, policy = build_system(system, None, options.seed, options.assessor,
-                                    options.agent)
-    client = connect(state.tiled_uri, state.api_key)
     RE = RunEngine(call_returns_result=True)
-    RE.subscribe(session_writer(client))
+    RE.subscribe(document_path)
     tally = SessionTally()
     line = ProgressLine(tally, hours=options.hours)
     RE.subscribe(line)
@@ -129,18 +143,19 @@ def _session(options: DemoOptions, state: Any, began: float, out: TextIO) -> Dem
     session_uid = uuid.uuid4().hex
     out.write(f"session {session_uid}: {options.hours:g} simulated h, twin seed "
               f"{options.seed}, assessor {assessor.model_id}, policy "
-              f"{getattr(policy, 'model_id', policy.name)} (Ctrl-C stops and reports)\n")
+              f"{policy_model_id(policy)} (Ctrl-C stops and reports)\n")
     out.flush()
     interrupted = False
     try:
         RE(autonomous_session(stm, assessor, policy, hours=options.hours,
-                              session_uid=session_uid))
+                              session_uid=session_uid, safety=document_path.mark))
     except (KeyboardInterrupt, RunEngineInterrupted):
         interrupted = True
         if RE.state != "idle":
             RE.stop()
     finally:
         line.close()
+    document_path.wait_stored()  # the report reads Tiled
     files = build_report(client, session_uid, options.report_dir)
     release_ca()
     return DemoResult(session_uid, tally, files, time.perf_counter() - began, interrupted)

@@ -1,7 +1,8 @@
 """``spm-bluesky eval session``: the autonomous loop with four systems on the same twin.
 
-Each system runs :func:`spm_bluesky.plans.autonomous.autonomous_session` for the same
-simulated hours against a fresh IOC with the same twin seed:
+Each system (:class:`~spm_bluesky.evaluation.system.System`) runs
+:func:`spm_bluesky.plans.autonomous.autonomous_session` for the same simulated hours
+against a fresh IOC with the same twin seed:
 
 ============  ==================================================================
 ``full``      the shipped assessor and the trained agent (``agent.pt``)
@@ -14,11 +15,12 @@ Tips degrade by themselves on the twin about every 3 h of scanning, so in a shor
 conditioning would be a small share of the time and the policies could not be told apart.
 The evaluation therefore also degrades the tip on purpose (``Sim:Degrade``, DeepSPM's
 training mode) every ``degrade_every`` instrument hours (default 0.5 h), at the same
-instrument times for every system (:class:`DegradeSchedule`); 0 turns it off.
+instrument times for every system
+(:class:`~spm_bluesky.evaluation.twin_pvs.DegradeSchedule`); 0 turns it off.
 
-The oracle reads ``Sim:TipState`` over Channel Access: evaluation only (DESIGN.md), which is
-why it lives here and not in ``plans/``. It knows the true class (the most severe defect),
-not defects hidden behind it, and acts optimally for that defect (the twin's value
+The oracle reads ``Sim:TipState`` over Channel Access (evaluation only: the twin's truth
+is never a decision input on an instrument). It knows the true class (the most severe
+defect), not defects hidden behind it, and acts optimally for that defect (the twin's value
 iteration). Good images are images the loop kept whose true tip class was good.
 """
 
@@ -27,21 +29,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from spm_bluesky.autonomy.tally import FRAME_CLOCK_KEY, ProgressLine, SessionTally
-from spm_bluesky.domain.actions import ACTIONS
-from spm_bluesky.ml.agent.policies import HeuristicPolicy, RandomPolicy
-from spm_bluesky.protocols import CLASSES, Assessment, Assessor, Decision, Policy
+from spm_bluesky.autonomy.tally import ProgressLine, SessionTally
+from spm_bluesky.evaluation.system import System, build_system, check_agent, release_ca
+from spm_bluesky.evaluation.twin_pvs import DegradeSchedule, TruthReader
 from spm_bluesky.services.epics_env import free_port, loopback_ca_env
 from spm_bluesky.services.launch import IocLaunch, ServiceError
 
@@ -49,128 +46,6 @@ from spm_bluesky.services.launch import IocLaunch, ServiceError
 IOC_READY_TIMEOUT = 60.0
 #: Instrument hours between the tip degradations the evaluation forces (0: none).
 DEGRADE_EVERY_HOURS = 0.5
-ORACLE_MODEL_ID = "oracle:Sim:TipState"
-
-
-class System(StrEnum):
-    """The four systems compared (issue 6)."""
-
-    FULL = "full"
-    RANDOM = "random"
-    HEURISTIC = "heuristic"
-    ORACLE = "oracle"
-
-
-class _SimPv:
-    """One of the twin's ``Sim:`` PVs over caproto's threading client: independent of the
-    RunEngine's event loop, so it can be used from inside a plan or a callback."""
-
-    def __init__(self, pv: str, timeout: float) -> None:
-        from caproto.threading.client import Context
-
-        self.timeout = timeout
-        self._context = Context()
-        (self._pv,) = self._context.get_pvs(pv, timeout=timeout)
-        self._pv.wait_for_connection(timeout=timeout)
-
-    def close(self) -> None:
-        """Drop the CA connection."""
-        self._context.disconnect()
-
-
-class TruthReader(_SimPv):
-    """Reads the twin's true tip class (``<prefix>Sim:TipState``): a blocking CA read,
-    fresh on each call (no monitor lag)."""
-
-    def __init__(self, prefix: str, timeout: float = 5.0) -> None:
-        super().__init__(prefix + "Sim:TipState", timeout)
-
-    def __call__(self) -> str:
-        """The true tip class now, e.g. ``"good"`` or ``"blunt"``."""
-        from caproto import ChannelType
-
-        response = self._pv.read(data_type=ChannelType.STRING, timeout=self.timeout)
-        return response.data[0].decode()
-
-
-class DegradeSchedule(_SimPv):
-    """A document callback that degrades the tip every ``every_hours`` of instrument time.
-
-    Counts from the first frame's clock; the put (``Sim:Degrade``) goes from a thread with
-    caproto's client, as an outside event would, and never blocks the RunEngine.
-    """
-
-    def __init__(self, prefix: str, every_hours: float, timeout: float = 10.0) -> None:
-        super().__init__(prefix + "Sim:Degrade", timeout)
-        self.every = every_hours * 3600.0
-        self.forced = 0
-        self._start: float | None = None
-        self._puts: list[threading.Thread] = []
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        """Degrade the tip once the frame's clock has passed the next scheduled time."""
-        clock = doc.get("data", {}).get(FRAME_CLOCK_KEY) if name == "event" else None
-        if clock is None:
-            return
-        if self._start is None:
-            self._start = float(clock)
-        if float(clock) - self._start >= (self.forced + 1) * self.every:
-            self.forced += 1
-            put = threading.Thread(target=self._pv.write, args=([1],),
-                                   kwargs={"wait": True, "timeout": self.timeout},
-                                   daemon=True)
-            put.start()
-            self._puts.append(put)
-
-    def close(self) -> None:
-        """Let the puts in flight finish, then drop the CA connection."""
-        for put in self._puts:
-            put.join(self.timeout)
-        super().close()
-
-
-class OracleAssessor:
-    """Says p(good) = 1 exactly when the twin's tip is truly good (one-hot on the class)."""
-
-    model_id = ORACLE_MODEL_ID
-
-    def __init__(self, truth: Callable[[], str]) -> None:
-        self._truth = truth
-
-    def assess(self, image_m: np.ndarray, scan_size_m: float) -> Assessment:
-        """The true class as certain probabilities (the image is not looked at)."""
-        label = self._truth()
-        return Assessment({c: float(c == label) for c in CLASSES}, self.model_id)
-
-
-class OracleSessionPolicy:
-    """The allowed action that repairs the true class fastest (twin value iteration)."""
-
-    name = "oracle"
-    model_id = ORACLE_MODEL_ID
-
-    def __init__(self, truth: Callable[[], str]) -> None:
-        from spm_bluesky.twin.config import TipConfig
-        from spm_bluesky.twin.tip import TipClass, add_defect, good_tip, oracle_action
-
-        self._truth = truth
-        config = TipConfig()
-        rng = np.random.default_rng(0)
-        good = good_tip(rng, config)
-        self._states = {c.value: good if c is TipClass.GOOD else add_defect(good, c, rng, config)
-                        for c in TipClass}
-        self._choose = lambda label, allowed: oracle_action(self._states[label], allowed,
-                                                            config)
-
-    def reset(self, seed: int | None = None) -> None:
-        """Nothing to reset: the oracle is deterministic."""
-
-    def act(self, observation: dict[str, np.ndarray], mask: np.ndarray) -> Decision:
-        """The best allowed action for the tip's true class."""
-        allowed = tuple(a for a, ok in zip(ACTIONS, np.asarray(mask, bool), strict=True) if ok)
-        if not allowed:
-            raise ValueError("no action is allowed")
-        return Decision(ACTIONS.index(self._choose(self._truth(), allowed)))
 
 
 @dataclass(frozen=True)
@@ -187,7 +62,7 @@ class SystemResult:
     wall_s: float
 
     def figures(self) -> dict[str, float | int]:
-        """The JSON entry of ``eval session`` (exactly the keys of issue 6)."""
+        """The JSON entry of ``eval session``."""
         keys = ("good_per_hour", "images", "good_images", "conditioning_episodes", "actions",
                 "crashes")
         return {key: asdict(self)[key] for key in keys}
@@ -221,52 +96,6 @@ class SessionEval:
                          f"{r.conditioning_episodes} | {r.actions} | {r.crashes} | "
                          f"{r.hours:.2f} | {r.wall_s:.0f} |")
         return "\n".join(lines)
-
-
-class MissingAgentError(RuntimeError):
-    """The full system needs the trained agent's weights, and there are none."""
-
-
-EVAL_HINT = "or leave 'full' out (e.g. --systems random,heuristic,oracle)"
-
-
-def check_agent(agent_path: Path | str | None = None, hint: str = EVAL_HINT) -> Path:
-    """The agent weight file the full system would use; MissingAgentError if absent.
-
-    ``hint`` ends the message: what else the user can do.
-    """
-    from spm_bluesky.ml.card import WEIGHTS_DIR
-
-    path = Path(agent_path) if agent_path else WEIGHTS_DIR / "agent.pt"
-    if not path.is_file():
-        raise MissingAgentError(
-            f"the full system needs the trained conditioning agent, and there is no weight "
-            f"file at {path}. Train it with `spm-bluesky train agent`, give one with --agent, "
-            f"{hint}.")
-    return path
-
-
-def build_system(system: System, truth: Callable[[], str] | None, seed: int,
-                 assessor_path: Path | str | None = None,
-                 agent_path: Path | str | None = None) -> tuple[Assessor, Policy]:
-    """The assessor and the policy of ``system`` (torch loads here, for the learnt models).
-
-    ``truth`` (e.g. a :class:`TruthReader`) is needed by the oracle only.
-    """
-    if system is System.ORACLE:
-        if truth is None:
-            raise ValueError("the oracle needs the twin's truth (a TruthReader)")
-        return OracleAssessor(truth), OracleSessionPolicy(truth)
-    from spm_bluesky.ml.assessor.assessor import load_assessor
-
-    assessor = load_assessor(assessor_path)
-    if system is System.RANDOM:
-        return assessor, RandomPolicy(seed)
-    if system is System.HEURISTIC:
-        return assessor, HeuristicPolicy()
-    from spm_bluesky.ml.agent.dqn import load_agent
-
-    return assessor, load_agent(check_agent(agent_path))
 
 
 @dataclass
@@ -315,17 +144,6 @@ def private_ca_ports(count: int) -> list[int]:
     return ports[:-1]
 
 
-def release_ca() -> None:
-    """Close this process's Channel Access channels (aioca) before their IOC stops.
-
-    Otherwise libca prints a "Virtual circuit disconnect" warning for every IOC that goes
-    away while channels to it are open.
-    """
-    import aioca
-
-    aioca.purge_channel_caches()
-
-
 def run_system(system: System, hours: float, seed: int, port: int, log_dir: Path, *,
                assessor_path: Path | str | None = None, agent_path: Path | str | None = None,
                degraded_start: bool = False, degrade_every: float = DEGRADE_EVERY_HOURS,
@@ -361,10 +179,8 @@ def run_system(system: System, hours: float, seed: int, port: int, log_dir: Path
         if schedule is not None:
             RE.subscribe(schedule)
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="spm-eval-") as state:  # its area mask
-            RE(autonomous_session(stm, assessor, policy, hours=hours,
-                                  session_uid=f"eval-{system.value}-{uuid.uuid4().hex[:8]}",
-                                  mask_path=str(Path(state) / "area_mask.json")))
+        RE(autonomous_session(stm, assessor, policy, hours=hours,
+                              session_uid=f"eval-{system.value}-{uuid.uuid4().hex[:8]}"))
         wall = time.perf_counter() - start
         if line is not None:
             line.close()
@@ -407,7 +223,7 @@ def evaluate_session(hours: float, seed: int, systems: Sequence[System] = tuple(
 
 
 def write_json(evaluation: SessionEval, path: Path | str) -> Path:
-    """Write the comparison as JSON (issue 6's shape); return the path."""
+    """Write the comparison as JSON (``{"hours", "seed", "systems"}``); return the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(evaluation.to_json(), indent=2) + "\n")

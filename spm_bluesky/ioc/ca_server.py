@@ -2,7 +2,7 @@
 
 - TCP_NODELAY: caproto makes its listening socket with protocol 0, so asyncio does not set
   TCP_NODELAY on accepted clients; libca clients then wait about 40 ms for a delayed ACK
-  on every put-callback/get pair (DESIGN.md, pitfalls). :class:`TunedContext` sets it.
+  on every put-callback/get pair (docs/reference/pitfalls.md). :class:`TunedContext` sets it.
 - Refused put-callbacks: caproto answers a failed write-notify with a CA error message;
   libca copes, but caproto's own threading client never completes the put and times out.
   :class:`TunedCircuit` answers with a write-notify response carrying ECA_PUTFAIL, as
@@ -14,6 +14,10 @@
   put caused ahead of the put's response, in one segment.
 - Logging: a refused put is logged as one warning line instead of a traceback, and beacons
   refused because no CA repeater listens on loopback are not logged at all.
+- Bounded requests: caproto buffers a message until its whole payload has arrived, however
+  large its header says it is, so one client could make the IOC hold gigabytes.
+  :class:`TunedCircuit` reads each header as it arrives and drops the client whose message
+  is larger than the largest legal request (:func:`max_request_bytes`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,48 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import caproto as ca
+from caproto._commands import bytes_needed_for_command
 from caproto.asyncio.server import Context, VirtualCircuit
+from caproto.server.common import DisconnectedCircuit
+
+logger = logging.getLogger(__name__)
+
+#: Header bytes of a CA message (16, and 8 more for an extended one).
+CA_HEADER_BYTES = 24
+#: Room for the largest non-array request (a search, a channel create: a PV name ...).
+MIN_REQUEST_BYTES = 16384
+
+
+def max_request_bytes(pvdb: dict) -> int:
+    """The largest payload a client may legally send: a put of the longest PV as doubles."""
+    longest = max((getattr(data, "max_length", 1) or 1 for data in pvdb.values()), default=1)
+    return max(MIN_REQUEST_BYTES, 8 * int(longest) + CA_HEADER_BYTES)
 
 
 class TunedCircuit(VirtualCircuit):
-    """A server circuit: ECA_PUTFAIL write-notify replies, monitors sent without waiting."""
+    """A server circuit: ECA_PUTFAIL write-notify replies, monitors sent without waiting,
+    oversized messages refused."""
+
+    async def recv(self):
+        """Receive as caproto does, then drop the client if the message being buffered
+        claims more than :func:`max_request_bytes` (checked on every 4 KiB received, so at
+        most one read is held beyond the header)."""
+        await super().recv()
+        buffered = self.circuit._data
+        if len(buffered) < 16:
+            return
+        header, _ = bytes_needed_for_command(buffered, self.circuit.their_role)
+        limit = self.context.max_request_bytes
+        if header.payload_size > limit:
+            logger.warning("client %s sent a message of %d bytes (more than %d, the largest "
+                           "legal request): disconnected", self.circuit.address,
+                           header.payload_size, limit)
+            self.circuit._data = bytearray()
+            await self._on_disconnect()
+            raise DisconnectedCircuit()
 
     async def send(self, *commands):
         """Send ``commands``; a put response goes out together with the monitors queued by now.
@@ -52,7 +91,7 @@ class TunedCircuit(VirtualCircuit):
         if not self.context.subscription_queue.empty():
             await asyncio.sleep(0)
         live = {sub.subscriptionid for subs in self.subscriptions.values() for sub in subs}
-        monitors = []
+        monitors: list[Any] = []
         while True:
             try:
                 command = self.subscription_queue.get_nowait()()
@@ -90,6 +129,10 @@ class TunedContext(Context):
     """caproto's asyncio server Context: TCP_NODELAY and a :class:`TunedCircuit` per client."""
 
     CircuitClass = TunedCircuit
+
+    def __init__(self, pvdb: dict, *args: Any, **kwargs: Any) -> None:
+        super().__init__(pvdb, *args, **kwargs)
+        self.max_request_bytes = max_request_bytes(pvdb)
 
     async def tcp_handler(self, client, addr):
         """Turn Nagle's algorithm off for this client, then serve it as usual."""

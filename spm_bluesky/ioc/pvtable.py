@@ -1,6 +1,6 @@
 """The PV table of a caproto PVGroup, read from the PVs themselves.
 
-``spm-ioc --list-pvs`` prints it and the README embeds the same text, so the
+``spm-ioc --list-pvs`` prints it and docs/reference/pv-table.md holds the same text, so the
 documentation cannot drift from what the IOC serves (a test compares them).
 """
 

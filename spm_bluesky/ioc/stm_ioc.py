@@ -1,21 +1,30 @@
-"""caproto soft IOC that serves the STM digital twin behind the PV contract of DESIGN.md.
+"""caproto soft IOC that serves the STM PV contract from the digital twin or a Nanonis.
+
+The contract, every PV with its type, units, limits and meaning, is docs/reference/pv-table.md.
 
 Start it with ``spm-ioc --prefix STM: --seed 0`` (or ``python -m spm_bluesky.ioc``); it binds
 127.0.0.1 by default and prints one ready line. ``spm-ioc --list-pvs`` prints the PV table
-(the same table as the README's PV table).
+(the same table as docs/reference/pv-table.md). ``spm-ioc --backend nanonis --nanonis
+HOST:PORT`` serves the same PVs, without ``Sim:*``, from a Nanonis controller
+(:mod:`spm_bluesky.ioc.nanonis_backend`); with ``--truth HOST:PORT`` (the Nanonis
+simulator's truth channel) the ``Sim:*`` PVs are back, fed from there.
 
 How it behaves:
 
 - Every writable PV has limits; a put outside them, or one that breaks a rule between
   PVs (a frame reaching outside the piezo range, an imaging bias under 19 mV), fails with
-  a CA error, leaves the value unchanged, and the IOC keeps serving.
+  a CA error, leaves the value unchanged, and the IOC keeps serving. A setting or command
+  the instrument refuses fails its put too, with the instrument's message in the log.
 - Command PVs (put 1) run one at a time, in order, and complete their put-callback when
   the action has finished; they read back 0. ``Scan:Abort`` cancels the running and the
   queued commands (their puts fail) and completes once they have stopped.
-- All twin calls run on one worker thread (:mod:`spm_bluesky.ioc.twin_worker`); the scalar state is
-  mirrored into the ``Status:*``, counter and ``Sim:*`` PVs after each command.
-- ``Sim:TimeScale`` paces commands: each waits ``simulated seconds x TimeScale`` after the
-  twin call returns. An aborted command has already advanced the twin's clock.
+- The backend (:mod:`spm_bluesky.ioc.backend`) carries the commands out; the scalar state
+  is mirrored into the ``Status:*``, counter and ``Sim:*`` PVs after each command.
+- ``Sim:TimeScale`` paces commands: with the twin each waits ``simulated seconds x
+  TimeScale`` after the twin call returns (an aborted command has already advanced the
+  twin's clock); the Nanonis simulator paces itself and is told the value.
+- A Nanonis that cannot be reached disconnects every PV until it answers again
+  (:mod:`spm_bluesky.ioc.supervise`).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from caproto import ChannelType
@@ -36,12 +45,22 @@ from caproto.server import PVGroup, pvproperty
 
 from spm_bluesky.domain import limits
 from spm_bluesky.domain.actions import ACTIONS, ActionKind
+from spm_bluesky.domain.limits import DEFAULT_PREFIX
+from spm_bluesky.ioc import supervise
+from spm_bluesky.ioc.backend import Backend, BackendError, ControllerLost, Outcome, SimControl
 from spm_bluesky.ioc.ca_server import QuietCaprotoFilter, configure_environment, serve
+from spm_bluesky.ioc.nanonis_backend import (
+    Z_SIGNAL,
+    NanonisBackend,
+    NanonisConfig,
+    parse_address,
+)
 from spm_bluesky.ioc.pvtable import markdown_table, pv_rows
-from spm_bluesky.ioc.twin_worker import Outcome, TwinState, TwinWorker
-from spm_bluesky.twin import Fault, Frame, Instrument, TipClass
+from spm_bluesky.ioc.twin_backend import TwinBackend
+from spm_bluesky.twin import Fault, Frame, TipClass
 
-DEFAULT_PREFIX = "STM:"
+T = TypeVar("T")
+
 DEFAULT_HOST = "127.0.0.1"
 #: Largest image (elements) that ``Scan:Image`` can hold.
 MAX_IMAGE_LENGTH = int(limits.SCAN_PIXELS.high) ** 2
@@ -84,7 +103,7 @@ def _readback(name: str, doc: str, value: Any = 0.0, units: str = "",
 
 
 class StmIOC(PVGroup):
-    """The STM twin's PVs: scan, tip conditioning, coarse motion, status and simulation."""
+    """The instrument's PVs: scan, tip conditioning, coarse motion and status."""
 
     # -- scan ---------------------------------------------------------------------------
     center_x = _setting("Scan:CenterX", limits.SCAN_CENTER, _FRAME.center_x,
@@ -153,41 +172,29 @@ class StmIOC(PVGroup):
                       0.0, "s")
     busy = _readback("Status:Busy", "1 while a command runs or waits to run", 0, dtype=int)
 
-    # -- simulation (twin only) ---------------------------------------------------------
-    tip_state = pvproperty(name="Sim:TipState", dtype=ChannelType.ENUM, read_only=True,
-                           enum_strings=[c.value for c in TipClass], value=TipClass.GOOD.value,
-                           doc="TRUE tip class (twin only): for evaluation and labels, never "
-                               "for decisions")
-    time_scale = _setting("Sim:TimeScale", limits.TIME_SCALE, 0.0,
-                          "Pacing: 0 as fast as possible, 1 real time (simulated s per s)")
-    fault = pvproperty(name="Sim:Fault", dtype=ChannelType.ENUM,
-                       enum_strings=[f.value for f in Fault], value=Fault.NONE.value,
-                       doc="Inject a fault: lose_contact and crash act at once; stall makes "
-                           "commands hang until Scan:Abort or Fault is set back to none")
-    degrade = _command("Sim:Degrade", "Put 1: degrade the tip on purpose (DeepSPM training "
-                                      "mode)")
-    seed = _readback("Sim:Seed", "Seed of the twin", 0, dtype=int)
-    damage_area = _readback("Sim:DamageArea",
-                            "Sample area damaged by conditioning actions and crashes", 0.0, "m^2")
 
-    def __init__(self, prefix: str, worker: TwinWorker, **kwargs: Any) -> None:
+    def __init__(self, prefix: str, backend: Backend, **kwargs: Any) -> None:
         super().__init__(prefix, **kwargs)
-        self._worker = worker
+        self.backend = backend
         self._lock = asyncio.Lock()  # commands run one at a time, first come first served
         self._not_stalled = asyncio.Event()
         self._not_stalled.set()
         self._commands: set[asyncio.Task] = set()
 
     async def start(self, time_scale: float) -> None:
-        """Publish the seed, the time scale and the twin's initial state (before serving)."""
-        await self.seed.write(self._worker.seed)
-        await self.time_scale.write(time_scale)
-        await self._mirror(await self._worker.state())
+        """Publish the instrument's initial state (before serving)."""
+        await self._mirror(await self.backend.state())
+
+    async def refresh(self) -> None:
+        """Read the instrument's state into the PVs unless a command runs (status polling)."""
+        if not self._lock.locked() and self._not_stalled.is_set():
+            async with self._lock:
+                await self._mirror(await self.backend.state())
 
     # -- commands -----------------------------------------------------------------------
 
-    async def _run(self, name: str, operation: Callable[[Instrument], Any],
-                   finish: Callable[[Any], Awaitable[None]] | None = None) -> None:
+    async def _run(self, name: str, operation: Callable[[], Awaitable[Outcome[T]]],
+                   finish: Callable[[T], Awaitable[None]] | None = None) -> None:
         """Run one command to its end; raise :class:`CommandAborted` if aborted.
 
         The work runs in its own task so that ``Scan:Abort`` can cancel it without
@@ -206,33 +213,41 @@ class StmIOC(PVGroup):
         finally:
             self._commands.discard(work)
 
-    async def _command(self, operation: Callable[[Instrument], Any],
-                       finish: Callable[[Any], Awaitable[None]] | None) -> None:
+    def _paces(self) -> bool:
+        return self.backend.sim is not None and self.backend.sim.paces_in_ioc
+
+    async def _command(self, operation: Callable[[], Awaitable[Outcome[T]]],
+                       finish: Callable[[T], Awaitable[None]] | None) -> None:
         await self.busy.write(1)
         try:
             async with self._lock:
-                outcome: Outcome | None = None
+                outcome: Outcome[T] | None = None
                 try:
                     await self._not_stalled.wait()
-                    outcome = await self._worker.call(operation)
-                    if self.time_scale.value > 0:
-                        await asyncio.sleep(outcome.elapsed * self.time_scale.value)
+                    outcome = await operation()
+                    scale = self._time_scale()
+                    if self._paces() and scale > 0:
+                        await asyncio.sleep(outcome.elapsed * scale)
                     if finish is not None:
                         await finish(outcome.result)
                 finally:
-                    await self._mirror(outcome.state if outcome else await self._worker.state())
+                    with contextlib.suppress(BackendError, ControllerLost):
+                        await self._mirror(outcome if outcome else await self.backend.state())
         finally:
             if not self._commands - {asyncio.current_task()}:
                 await self.busy.write(0)
 
-    async def _mirror(self, state: TwinState) -> None:
-        """Copy the twin's scalar state into the PVs that changed."""
+    def _time_scale(self) -> float:
+        """The pacing the IOC applies (``Sim:TimeScale``; none without a simulation)."""
+        return 0.0
+
+    async def _mirror(self, outcome: Outcome[Any]) -> None:
+        """Copy the instrument's scalar state into the PVs that changed."""
+        state = outcome.state
         values = ((self.clock, state.clock), (self.area_index, state.area_index),
                   (self.contact, int(state.contact)), (self.crashed, int(state.crashed)),
                   (self.crash_count, state.crash_count),
-                  (self.action_counter, state.action_count), (self.z, state.z),
-                  (self.tip_state, state.tip_class.value),
-                  (self.damage_area, state.damage_area))
+                  (self.action_counter, state.action_count), (self.z, state.z))
         for pv, value in values:
             if pv.value != value:
                 await pv.write(value)
@@ -250,7 +265,8 @@ class StmIOC(PVGroup):
     async def acquire(self, instance, value: int) -> int:
         if value:
             frame = self._frame()
-            await self._run("Scan:Acquire", lambda twin: twin.scan(frame), self._publish_image)
+            await self._run("Scan:Acquire", lambda: self.backend.scan(frame),
+                            self._publish_image)
         return 0
 
     @abort.putter
@@ -267,81 +283,137 @@ class StmIOC(PVGroup):
         if value:
             x, y = self.action_x.value, self.action_y.value
             bias, duration = self.pulse_bias.value, self.pulse_time.value
-            await self._run("Tip:Pulse", lambda twin: twin.pulse(x, y, bias, duration))
+            await self._run("Tip:Pulse", lambda: self.backend.pulse(x, y, bias, duration))
         return 0
 
     @dip.putter
     async def dip(self, instance, value: int) -> int:
         if value:
             x, y, depth = self.action_x.value, self.action_y.value, self.dip_depth.value
-            await self._run("Tip:Dip", lambda twin: twin.dip(x, y, depth))
+            await self._run("Tip:Dip", lambda: self.backend.dip(x, y, depth))
         return 0
 
     @approach.putter
     async def approach(self, instance, value: int) -> int:
         if value:
-            await self._run("Coarse:Approach", Instrument.approach)
+            await self._run("Coarse:Approach", self.backend.approach)
         return 0
 
     @withdraw.putter
     async def withdraw(self, instance, value: int) -> int:
         if value:
-            await self._run("Coarse:Withdraw", Instrument.withdraw)
+            await self._run("Coarse:Withdraw", self.backend.withdraw)
         return 0
 
     @move_area.putter
     async def move_area(self, instance, value: int) -> int:
         if value:
-            await self._run("Coarse:MoveArea", Instrument.move_area)
+            await self._run("Coarse:MoveArea", self.backend.move_area)
         return 0
+
+    # -- settings with rules between PVs --------------------------------------------------
+
+    async def _configure(self, **change: Any) -> Frame:
+        """The frame with ``change`` applied, given to the instrument; ValueError (put
+        refused) if it breaks a limit, BackendError if the instrument refuses it."""
+        frame = replace(self._frame(), **change)
+        limits.check_frame(frame.center_x, frame.center_y, frame.size, frame.pixels)
+        await self.backend.configure(frame)
+        return frame
+
+    @center_x.putter
+    async def center_x(self, instance, value: float) -> None:
+        await self._configure(center_x=float(value))
+
+    @center_y.putter
+    async def center_y(self, instance, value: float) -> None:
+        await self._configure(center_y=float(value))
+
+    @size.putter
+    async def size(self, instance, value: float) -> None:
+        await self.frame_time.write((await self._configure(size=float(value))).duration)
+
+    @pixels.putter
+    async def pixels(self, instance, value: int) -> None:
+        await self.frame_time.write((await self._configure(pixels=int(value))).duration)
+
+    @speed.putter
+    async def speed(self, instance, value: float) -> None:
+        await self.frame_time.write((await self._configure(speed=float(value))).duration)
+
+    @bias.putter
+    async def bias(self, instance, value: float) -> None:
+        limits.check_bias(float(value))
+        await self._configure(bias=float(value))
+
+    @setpoint.putter
+    async def setpoint(self, instance, value: float) -> None:
+        await self._configure(setpoint=float(value))
+
+
+class SimStmIOC(StmIOC):
+    """The instrument's PVs and the simulation's (``Sim:*``): the twin, or the Nanonis
+    simulator with its truth channel."""
+
+    tip_state = pvproperty(name="Sim:TipState", dtype=ChannelType.ENUM, read_only=True,
+                           enum_strings=[c.value for c in TipClass], value=TipClass.GOOD.value,
+                           doc="TRUE tip class (twin only): for evaluation and labels, never "
+                               "for decisions")
+    time_scale = _setting("Sim:TimeScale", limits.TIME_SCALE, 0.0,
+                          "Pacing: 0 as fast as possible, 1 real time (simulated s per s)")
+    fault = pvproperty(name="Sim:Fault", dtype=ChannelType.ENUM,
+                       enum_strings=[f.value for f in Fault], value=Fault.NONE.value,
+                       doc="Inject a fault: lose_contact and crash act at once; stall makes "
+                           "commands hang until Scan:Abort or Fault is set back to none")
+    degrade = _command("Sim:Degrade", "Put 1: degrade the tip on purpose (DeepSPM training "
+                                      "mode)")
+    seed = _readback("Sim:Seed", "Seed of the twin", 0, dtype=int)
+    damage_area = _readback("Sim:DamageArea",
+                            "Sample area damaged by conditioning actions and crashes", 0.0, "m^2")
+
+    def __init__(self, prefix: str, backend: Backend, **kwargs: Any) -> None:
+        if backend.sim is None:
+            raise ValueError(f"{backend.name} simulates nothing: serve it with StmIOC")
+        super().__init__(prefix, backend, **kwargs)
+        self.sim: SimControl = backend.sim
+
+    async def start(self, time_scale: float) -> None:
+        """Publish the seed, the time scale and the initial state (before serving)."""
+        await self.seed.write(await self.sim.seed())
+        await self.time_scale.write(time_scale)
+        await self.sim.set_time_scale(time_scale)
+        await super().start(time_scale)
+
+    def _time_scale(self) -> float:
+        return float(self.time_scale.value)
+
+    async def _mirror(self, outcome: Outcome[Any]) -> None:
+        await super()._mirror(outcome)
+        if outcome.truth is not None:
+            for pv, value in ((self.tip_state, outcome.truth.tip_class.value),
+                              (self.damage_area, outcome.truth.damage_area)):
+                if pv.value != value:
+                    await pv.write(value)
+
+    @time_scale.putter
+    async def time_scale(self, instance, value: float) -> None:
+        await self.sim.set_time_scale(float(value))
 
     @degrade.putter
     async def degrade(self, instance, value: int) -> int:
         if value:
-            await self._run("Sim:Degrade", Instrument.degrade_tip)
+            await self._run("Sim:Degrade", self.sim.degrade)
         return 0
 
     @fault.putter
     async def fault(self, instance, value: str) -> None:
         fault = Fault(value)
-        outcome = await self._worker.call(lambda twin: twin.inject_fault(fault))
+        outcome = await self.sim.inject_fault(fault)
         if fault is Fault.STALL:
             self._not_stalled.clear()
         else:
             self._not_stalled.set()
-        await self._mirror(outcome.state)
-
-    # -- settings with rules between PVs --------------------------------------------------
-
-    def _check_frame(self, **change: float) -> Frame:
-        """The frame with ``change`` applied; ValueError (put refused) if it breaks a limit."""
-        frame = replace(self._frame(), **change)
-        limits.check_frame(frame.center_x, frame.center_y, frame.size, frame.pixels)
-        return frame
-
-    @center_x.putter
-    async def center_x(self, instance, value: float) -> None:
-        self._check_frame(center_x=float(value))
-
-    @center_y.putter
-    async def center_y(self, instance, value: float) -> None:
-        self._check_frame(center_y=float(value))
-
-    @size.putter
-    async def size(self, instance, value: float) -> None:
-        await self.frame_time.write(self._check_frame(size=float(value)).duration)
-
-    @pixels.putter
-    async def pixels(self, instance, value: int) -> None:
-        await self.frame_time.write(self._check_frame(pixels=int(value)).duration)
-
-    @speed.putter
-    async def speed(self, instance, value: float) -> None:
-        await self.frame_time.write(self._check_frame(speed=float(value)).duration)
-
-    @bias.putter
-    async def bias(self, instance, value: float) -> None:
-        limits.check_bias(float(value))
+        await self._mirror(outcome)
 
 
 def _ip_address(text: str) -> str:
@@ -359,11 +431,29 @@ def _time_scale(text: str) -> float:
     return value
 
 
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="spm-ioc", description="caproto soft IOC serving the STM digital twin.")
+        prog="spm-ioc", description="caproto soft IOC serving the STM PV contract from the "
+                                    "digital twin or a Nanonis controller.")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="PV prefix (default: %(default)s)")
+    parser.add_argument("--backend", choices=("twin", "nanonis"), default="twin",
+                        help="what stands behind the PVs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="twin seed (default: %(default)s)")
+    parser.add_argument("--nanonis", type=_address, metavar="HOST:PORT",
+                        help="the Nanonis TCP programming interface (--backend nanonis)")
+    parser.add_argument("--truth", type=_address, metavar="HOST:PORT",
+                        help="the Nanonis simulator's truth channel: serve Sim:* from it "
+                             "(--backend nanonis)")
+    parser.add_argument("--signal-indexes", choices=sorted(Z_SIGNAL), default="rt",
+                        help="the controller's signal indexing: 'rt' (newer releases, Z is "
+                             "30) or 'slots' (older releases, Z is 14) (default: %(default)s)")
     parser.add_argument("--host", default=DEFAULT_HOST, type=_ip_address,
                         help="IP address of the interface to serve on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=None,
@@ -378,31 +468,50 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def pv_table(prefix: str = DEFAULT_PREFIX) -> str:
-    """The Markdown PV table of an IOC with ``prefix`` (``--list-pvs`` and the README)."""
-    return markdown_table(pv_rows(StmIOC(prefix, TwinWorker(Instrument(0)))))
+    """The Markdown PV table of a twin IOC with ``prefix`` (``--list-pvs`` and the docs)."""
+    return markdown_table(pv_rows(SimStmIOC(prefix, TwinBackend(0))))
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
+    """The backend the command line asks for."""
+    if args.backend == "twin":
+        return TwinBackend(args.seed)
+    host, port = args.nanonis
+    return NanonisBackend(NanonisConfig(host, port, z_signal=Z_SIGNAL[args.signal_indexes],
+                                        truth=args.truth))
 
 
 async def _run_ioc(args: argparse.Namespace) -> None:
-    worker = TwinWorker(Instrument(args.seed))
-    ioc = StmIOC(args.prefix, worker)
-    await ioc.start(args.time_scale)
+    backend = make_backend(args)
+    ioc = StmIOC(args.prefix, backend) if backend.sim is None else SimStmIOC(args.prefix,
+                                                                             backend)
 
     def ready(port: int) -> None:
         print(f"spm-ioc ready prefix={args.prefix} host={args.host} port={port} "
-              f"pvs={len(ioc.pvdb)}", flush=True)
+              f"pvs={len(ioc.pvdb)} backend={backend.name}", flush=True)
 
     try:
-        await serve(ioc.pvdb, args.host, ready)
+        await supervise.connect(ioc)
+        await ioc.start(args.time_scale)
+        if isinstance(backend, TwinBackend):
+            await serve(ioc.pvdb, args.host, ready)
+        else:
+            await supervise.serve_supervised(ioc, args.host, ready)
     finally:
-        worker.close()
+        backend.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point ``spm-ioc``."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.list_pvs:
         print(pv_table(args.prefix))
         return
+    if (args.backend == "nanonis") != (args.nanonis is not None):
+        parser.error("--nanonis HOST:PORT goes with --backend nanonis, and only with it")
+    if args.truth is not None and args.backend != "nanonis":
+        parser.error("--truth goes with --backend nanonis")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(QuietCaprotoFilter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler],

@@ -1,8 +1,14 @@
-"""The model card: a JSON record beside the weights, rendered to Markdown for people."""
+"""The model card: a JSON record beside the weights, rendered to Markdown for people.
+
+One writer for every model (:func:`write_card`, each model brings its Markdown renderer)
+and one provenance id for every weight file (:func:`model_id_for`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +17,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS = WEIGHTS_DIR / "assessor.pt"
 CARD = WEIGHTS_DIR / "assessor.card.json"
 CARD_MARKDOWN = WEIGHTS_DIR / "ASSESSOR_CARD.md"
+#: How commands and the queueserver name the shipped weights (instead of a file's path).
+SHIPPED = "shipped"
 
 
 def card_paths(weights: Path | str) -> tuple[Path, Path]:
@@ -29,16 +37,28 @@ def read_card(weights: Path | str = WEIGHTS) -> dict[str, Any]:
     return json.loads(card_paths(weights)[0].read_text())
 
 
-def write_card(card: dict[str, Any], weights: Path | str) -> Path:
-    """Write the JSON card and its Markdown rendering beside ``weights``; return the JSON path."""
+def model_id_for(model_name: str, data: bytes) -> str:
+    """Provenance id of a weight file: the model name and the sha256 prefix of its bytes."""
+    return f"{model_name}-{hashlib.sha256(data).hexdigest()[:12]}"
+
+
+def write_card(
+    card: dict[str, Any],
+    weights: Path | str,
+    render: Callable[[dict[str, Any]], str] | None = None,
+) -> Path:
+    """Write the JSON card and its Markdown rendering beside ``weights``; return the JSON path.
+
+    ``render`` turns the card into Markdown (default: the assessor's, :func:`render_markdown`).
+    """
     json_path, md_path = card_paths(weights)
     json_path.write_text(json.dumps(card, indent=2) + "\n")
-    md_path.write_text(render_markdown(card))
+    md_path.write_text((render or render_markdown)(card))
     return json_path
 
 
 def render_markdown(card: dict[str, Any]) -> str:
-    """The card as Markdown: identity, data, training command, held-out metrics."""
+    """The assessor's card as Markdown: identity, data, training command, held-out metrics."""
     training, held = card["training"], card["held_out"]
     metrics = held["metrics"]
     lines = [

@@ -2,7 +2,8 @@
 
 A survey is one run with one event per image in the ``primary`` stream (image, frame
 centre, size, pixels, area index, frame counter, clock); with the twin, each image also
-gets a ``truth`` event with the true tip class.
+gets a ``truth`` event with the true tip class. :func:`set_frame` is re-exported from
+:mod:`~spm_bluesky.plans.stubs`.
 """
 
 from typing import Any
@@ -11,47 +12,19 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
+from spm_bluesky import schema
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain import limits
-from spm_bluesky.domain.area import CELL_SIZE, MAX_DISTANCE, AreaMask
+from spm_bluesky.domain.area import MAX_DISTANCE, AreaMask
 from spm_bluesky.plans._common import (
     check_count,
+    check_mask_path,
     check_scan_settings,
     check_stm,
     read_truth,
     run_metadata,
 )
-
-
-def set_frame(
-    stm: STM,
-    x: float,
-    y: float,
-    size: float,
-    pixels: int,
-    bias: float | None = None,
-    setpoint: float | None = None,
-    speed: float | None = None,
-) -> MsgGenerator[None]:
-    """Write a frame's settings (already validated), keeping the frame inside the range.
-
-    When the frame grows, the centre moves first; when it shrinks, the size changes first,
-    so no intermediate centre/size pair reaches outside the piezo range.
-    """
-    settings: list[Any] = [stm.scan.pixels, int(pixels)]
-    for signal, value in ((stm.scan.bias, bias), (stm.scan.setpoint, setpoint),
-                          (stm.scan.speed, speed)):
-        if value is not None:
-            settings += [signal, value]
-    yield from bps.mv(*settings)
-    current_size = yield from bps.rd(stm.scan.size, default_value=size)
-    centre = [stm.scan.center_x, x, stm.scan.center_y, y]
-    if size <= current_size:
-        yield from bps.mv(stm.scan.size, size)
-        yield from bps.mv(*centre)
-    else:
-        yield from bps.mv(*centre)
-        yield from bps.mv(stm.scan.size, size)
+from spm_bluesky.plans.stubs import FrameSettings, area_mask, set_frame, take_frame
 
 
 def acquire_image(
@@ -77,7 +50,7 @@ def acquire_image(
     check_scan_settings(bias, setpoint, speed)
     plan_args = {"x": x, "y": y, "size": size, "pixels": pixels, "bias": bias,
                  "setpoint": setpoint, "speed": speed}
-    run_md = yield from run_metadata(stm, "acquire_image", plan_args, session_uid, md)
+    run_md = yield from run_metadata(stm, schema.ACQUIRE_IMAGE, plan_args, session_uid, md)
 
     @bpp.run_decorator(md=run_md)
     def inner() -> MsgGenerator[None]:
@@ -101,15 +74,18 @@ def survey(
     speed: float | None = None,
     session_uid: str | None = None,
     md: dict[str, Any] | None = None,
+    mask: AreaMask | None = None,
 ) -> MsgGenerator[int]:
     """Scan ``n_images`` frames along DeepSPM's spiral-closest path, in one run.
 
     Cells of 10 nm form the approach-area mask (:class:`~spm_bluesky.domain.area.AreaMask`); each
     frame is centred on the free cell minimising ``max(|i|, |j|) + distance`` within
     ``max_distance`` of the last frame, after which a disc of ``block_radius`` (default:
-    half the frame size) around it is blocked. With ``mask_path`` the mask is loaded from
-    and saved to that JSON file after every image, so a restarted session goes on where it
-    stopped (a mask from another approach area is replaced by a fresh one).
+    half the frame size) around it is blocked. ``mask`` is the mask to go on with (in
+    memory, updated in place, e.g. shared with ``tip_action``); with ``mask_path`` the mask
+    is also loaded from and saved to that JSON file after every image, so a restarted
+    session goes on where it stopped (a mask from another approach area is replaced by a
+    fresh one). The file is checked writable before anything is written.
 
     One event per image in the ``primary`` stream. Stops early, still successfully, when no
     free cell is left in reach (then move to a fresh area). Returns the number of images.
@@ -123,20 +99,18 @@ def survey(
         raise ValueError(f"block_radius={block_radius!r} m must be between 0 and the area size")
     if not max_distance > 0:
         raise ValueError(f"max_distance={max_distance!r} m must be positive")
+    mask_file = check_mask_path(mask_path)
 
-    area_index = yield from bps.rd(stm.status.area_index)
-    start_x = yield from bps.rd(stm.scan.center_x)
-    start_y = yield from bps.rd(stm.scan.center_y)
-    mask = AreaMask.load_or_new(mask_path, int(area_index), (start_x, start_y), CELL_SIZE)
+    mask = yield from area_mask(stm, mask, mask_file)
     plan_args = {"n_images": n_images, "size": size, "pixels": pixels, "mask_path": mask_path,
                  "block_radius": block_radius, "max_distance": max_distance, "bias": bias,
                  "setpoint": setpoint, "speed": speed}
-    run_md = yield from run_metadata(stm, "survey", plan_args, session_uid, md)
+    run_md = yield from run_metadata(stm, schema.SURVEY, plan_args, session_uid, md)
     run_md["num_points"] = n_images
-    run_md["area_mask"] = {"path": mask_path, "area_index": mask.area_index,
-                           "cell_size": mask.cell_size, "free_cells": mask.free_cells,
-                           "start_position": list(mask.position), "block_radius": radius}
-
+    run_md[schema.AREA_MASK] = {"path": mask_path, "area_index": mask.area_index,
+                                "cell_size": mask.cell_size, "free_cells": mask.free_cells,
+                                "start_position": list(mask.position), "block_radius": radius}
+    settings = FrameSettings(size, pixels, bias, setpoint, speed)
     taken = 0
 
     def images() -> MsgGenerator[None]:
@@ -148,17 +122,12 @@ def survey(
             x, y = cell
             limits.check_frame(x, y, size, pixels)
             yield from bps.checkpoint()
-            if taken == 0:
-                yield from set_frame(stm, x, y, size, pixels, bias, setpoint, speed)
-            else:
-                yield from bps.mv(stm.scan.center_x, x, stm.scan.center_y, y)
-            yield from bps.trigger_and_read([stm.scan])
-            yield from read_truth(stm)
-            mask.block_disc(x, y, radius)
-            mask.position = (x, y)
-            if mask_path is not None:
-                mask.save(mask_path)
+            yield from take_frame(stm, mask, x, y, radius, mask_file,
+                                  settings if taken == 0 else None)
             taken += 1
 
     yield from bpp.run_wrapper(images(), md=run_md)
     return taken
+
+
+__all__ = ["acquire_image", "set_frame", "survey"]

@@ -22,12 +22,13 @@ from bluesky.utils import MsgGenerator
 from ophyd_async.core import StandardReadable, StandardReadableFormat, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
+from spm_bluesky import schema
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.plans._common import check_stm, read_truth, run_metadata
 from spm_bluesky.protocols import CLASSES, Assessment, Assessor
 
-#: Stream the assessments go to (DESIGN.md, data model).
-STREAM = "assessment"
+#: Stream the assessments go to.
+STREAM = schema.ASSESSMENT
 
 
 class AssessmentDevice(StandardReadable):
@@ -37,7 +38,7 @@ class AssessmentDevice(StandardReadable):
     for every other class, ``assessment-label`` and ``assessment-model_id``.
     """
 
-    def __init__(self, name: str = "assessment") -> None:
+    def __init__(self, name: str = schema.ASSESSMENT_DEVICE) -> None:
         with self.add_children_as_readables(StandardReadableFormat.HINTED_SIGNAL):
             self.p_good = soft_signal_rw(float, float("nan"))
         with self.add_children_as_readables():
@@ -109,8 +110,8 @@ def assess_last_image(
     check_stm(stm)
     check_assessor(assessor)
     device = device or AssessmentDevice()
-    run_md = yield from run_metadata(stm, "assess_last_image", {}, session_uid,
-                                     {"model_ids": {"assessor": assessor.model_id},
+    run_md = yield from run_metadata(stm, schema.ASSESS_LAST_IMAGE, {}, session_uid,
+                                     {schema.MODEL_IDS: {schema.MODEL_ASSESSOR: assessor.model_id},
                                       **(md or {})})
     result: list[Assessment] = []
 

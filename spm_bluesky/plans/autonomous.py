@@ -1,7 +1,7 @@
 """DeepSPM's autonomous loop as one Bluesky plan: scan, judge, keep or block, repair, move on.
 
 :func:`autonomous_session` opens many small runs, all with one ``session_uid``
-(docs/autonomy.md has every run type, start-document key, stream and field):
+(docs/reference/data-model.md has every run type, start-document key, stream and field):
 
 - ``autonomous_scan``: up to ``run_images`` frames along the spiral-closest path over the
   approach-area mask; each frame is assessed and gets a verdict (kept, bad, debris, crash,
@@ -18,20 +18,20 @@ again); see :mod:`spm_bluesky.autonomy.faults`. ``resume_state``
 rescanning its used cells.
 """
 
-import os
-import tempfile
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.suspenders import SuspendBoolLow
 from bluesky.utils import MsgGenerator
-from ophyd_async.core import StandardReadable, soft_signal_rw
 from ophyd_async.plan_stubs import ensure_connected
 
+from spm_bluesky import schema
 from spm_bluesky.autonomy.faults import GuardedReadable, GuardedScan, LinkMonitor, ValueWatch
 from spm_bluesky.autonomy.rules import (
     UNKNOWN_TIP,
@@ -41,13 +41,20 @@ from spm_bluesky.autonomy.rules import (
     classify,
     update_belief,
 )
+from spm_bluesky.autonomy.state import CRASH_MARK, crash_mark
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain.area import CELL_SIZE, AreaMask
-from spm_bluesky.plans._common import check_stm, run_metadata
-from spm_bluesky.plans.assess import STREAM as ASSESSMENT_STREAM
+from spm_bluesky.plans._common import (
+    check_mask_path,
+    check_policy,
+    check_stm,
+    policy_model_id,
+    run_metadata,
+)
 from spm_bluesky.plans.assess import AssessmentDevice, check_assessor, frame_from_reading
 from spm_bluesky.plans.coarse import approach, move_area, withdraw
 from spm_bluesky.plans.episode import condition_tip
+from spm_bluesky.plans.records import FaultDevice, VerdictDevice
 from spm_bluesky.protocols import Assessor, Policy
 
 #: Seconds to wait after the IOC is back before resuming (all channels reconnect).
@@ -55,40 +62,9 @@ RECONNECT_SLEEP = 2.0
 #: The PV whose CA connection stands for the IOC's.
 LINK_PV = "Status:Clock"
 
-
-class DecisionDevice(StandardReadable):
-    """Soft signals of one image's verdict and the counters after it (``decision`` stream)."""
-
-    def __init__(self, name: str = "decision") -> None:
-        with self.add_children_as_readables():
-            self.verdict = soft_signal_rw(str, "")
-            self.peak_to_peak = soft_signal_rw(float, 0.0)
-            self.block_x = soft_signal_rw(float, 0.0)
-            self.block_y = soft_signal_rw(float, 0.0)
-            self.block_radius = soft_signal_rw(float, 0.0)
-            self.area_index = soft_signal_rw(int, 0)
-            self.clock = soft_signal_rw(float, 0.0)
-            self.elapsed = soft_signal_rw(float, 0.0)
-            self.image = soft_signal_rw(int, 0)
-            self.good_images = soft_signal_rw(int, 0)
-            self.consecutive_bad = soft_signal_rw(int, 0)
-            self.debris_retries = soft_signal_rw(int, 0)
-            self.tip_belief = soft_signal_rw(float, UNKNOWN_TIP)
-        super().__init__(name=name)
-
-
-class FaultDevice(StandardReadable):
-    """Soft signals of a fault a suspender handled (``fault`` stream)."""
-
-    def __init__(self, name: str = "fault") -> None:
-        with self.add_children_as_readables():
-            self.kind = soft_signal_rw(str, "")
-            self.x = soft_signal_rw(float, 0.0)
-            self.y = soft_signal_rw(float, 0.0)
-            self.radius = soft_signal_rw(float, 0.0)
-            self.clock = soft_signal_rw(float, 0.0)
-            self.crash_count = soft_signal_rw(int, 0)
-        super().__init__(name=name)
+#: Makes a safety record durable before the plan goes on: ``safety(kind, data)``
+#: (e.g. :meth:`spm_bluesky.storage.durable.DurablePath.mark`).
+SafetyLog = Callable[[str, Mapping[str, Any]], None]
 
 
 class Next(Enum):
@@ -106,28 +82,36 @@ class _Session:
     """One session's devices, configuration and state; its methods are the plan's parts."""
 
     def __init__(self, stm: STM, assessor: Assessor, policy: Policy, config: SessionConfig,
-                 state: SessionState, mask_path: str, md: dict[str, Any]) -> None:
+                 state: SessionState, mask_file: Path | None, md: dict[str, Any],
+                 safety: SafetyLog | None = None) -> None:
         self.stm, self.assessor, self.policy = stm, assessor, policy
-        self.config, self.state, self.mask_path, self.md = config, state, mask_path, md
+        self.safety = safety
+        self.config, self.state, self.mask_file, self.md = config, state, mask_file, md
         self.link = LinkMonitor(stm.prefix + LINK_PV)
         self.frame = GuardedScan(stm.scan, self.link, config.size, config.pixels)
         self.truth = GuardedReadable(stm.sim, self.link) if stm.simulated else None
         self.judge = AssessmentDevice()
-        self.decision = DecisionDevice()
+        self.decision = VerdictDevice()
         self.fault = FaultDevice()
         self.pending_faults: list[dict[str, Any]] = []
         self.z_range = 0.0
-        self.model_ids = {"assessor": assessor.model_id,
-                          "policy": str(getattr(policy, "model_id", policy.name))}
+        self.model_ids = {schema.MODEL_ASSESSOR: assessor.model_id,
+                          schema.MODEL_POLICY: policy_model_id(policy)}
 
     # -- run metadata ---------------------------------------------------------------------
 
     def run_md(self, reason: str) -> dict[str, Any]:
-        """Start-document keys every run of the session carries (docs/autonomy.md)."""
-        md = {**self.md, "reason": reason, "model_ids": self.model_ids,
-              "autonomy": self.config.as_md(), "autonomy_run": self.state.runs}
+        """Start-document keys every run of the session carries (docs/reference/data-model.md)."""
+        md = {**self.md, schema.REASON: reason, schema.MODEL_IDS: self.model_ids,
+              schema.AUTONOMY: self.config.as_md(), schema.AUTONOMY_RUN: self.state.runs}
         self.state.runs += 1
         return md
+
+    def keep_mask(self) -> None:
+        """Save the session's mask to its file, if it keeps one (a convenience copy: the
+        documents hold every blocked disc)."""
+        if self.mask_file is not None:
+            self.state.mask.save(self.mask_file)
 
     def read_clock(self) -> MsgGenerator[None]:
         clock = yield from bps.rd(self.stm.status.clock)
@@ -165,8 +149,8 @@ class _Session:
     def scan_run(self) -> MsgGenerator[Next]:
         """One ``autonomous_scan`` run; returns what to do next."""
         run_md = yield from run_metadata(
-            self.stm, "autonomous_scan", {"size": self.config.size,
-                                          "pixels": self.config.pixels},
+            self.stm, schema.AUTONOMOUS_SCAN, {"size": self.config.size,
+                                               "pixels": self.config.pixels},
             self.state.session_uid, self.run_md("scan"))
         outcome = [Next.SCAN]
 
@@ -191,18 +175,21 @@ class _Session:
                              post_plan=self.after_reconnect,
                              tripped_message=f"the IOC ({self.link.pv}) does not answer")
         yield from bpp.suspend_wrapper(bpp.run_wrapper(body(), md=run_md), [contact, ioc])
+        self.keep_mask()
         return outcome[0]
 
     def image(self) -> MsgGenerator[Verdict]:
         """Scan, assess, judge and record one image (inside a scan run)."""
         config, state = self.config, self.state
-        x, y = state.mask.next_cell(margin=config.size / 2)
+        cell = state.mask.next_cell(margin=config.size / 2)
+        assert cell is not None  # next_step() said SCAN: a free cell is left
+        x, y = cell
         self.frame.target = (x, y)
         yield from bps.checkpoint()
         reading = yield from bps.trigger_and_read([self.frame])
         if self.stm.scan.image.name not in reading:
             # A suspender rewound inside trigger_and_read and the replay answered with an
-            # empty reading (DESIGN.md): the detector holds the frame of the last take,
+            # empty reading: the detector holds the frame of the last take,
             # the one its saved event holds.
             reading = yield from bps.read(self.frame)
         yield from bps.checkpoint()
@@ -211,7 +198,7 @@ class _Session:
         image, frame_size = frame_from_reading(self.stm, reading)
         assessment = self.assessor.assess(image, frame_size)
         yield from bps.mv(*self.judge.settings(assessment))
-        yield from bps.trigger_and_read([self.judge], name=ASSESSMENT_STREAM)
+        yield from bps.trigger_and_read([self.judge], name=schema.ASSESSMENT)
         belief = update_belief(state.tip_belief, assessment.p_good, config)
         judgement = classify(image, belief, self.z_range, config, state.debris_retries)
         verdict = judgement.verdict
@@ -225,9 +212,9 @@ class _Session:
             d.elapsed, state.elapsed, d.image, state.images, d.good_images, state.good_images,
             d.consecutive_bad, state.consecutive_bad, d.debris_retries, state.debris_retries,
             d.tip_belief, state.tip_belief)
-        yield from bps.trigger_and_read([d], name="decision")
+        yield from bps.trigger_and_read([d], name=schema.DECISION)
         if self.truth is not None:
-            yield from bps.trigger_and_read([self.truth], name="truth")
+            yield from bps.trigger_and_read([self.truth], name=schema.TRUTH)
         yield from self.record_faults()
         return verdict
 
@@ -241,21 +228,26 @@ class _Session:
             yield from bps.mv(f.kind, fault["kind"], f.x, fault["x"], f.y, fault["y"],
                               f.radius, fault["radius"], f.clock, fault["clock"],
                               f.crash_count, fault["crash_count"])
-            yield from bps.trigger_and_read([f], name="fault")
+            yield from bps.trigger_and_read([f], name=schema.FAULT)
 
     def recover_contact(self) -> MsgGenerator[None]:
         """The contact suspender's pre_plan: note the fault, approach (ends a crash too)."""
         status = yield from bps.read(self.stm.status)
         crashed = bool(status[self.stm.status.crashed.name]["value"])
         x, y = self.frame.target
+        clock = float(status[self.stm.status.clock.name]["value"])
+        crash_count = int(status[self.stm.status.crash_count.name]["value"])
         if crashed:
             self.state.crashes += 1
             self.state.tip_belief = UNKNOWN_TIP
+            if self.safety is not None:  # durable before the approach, which a kill may cut
+                self.safety(CRASH_MARK, crash_mark(
+                    self.state.session_uid, self.state.mask.area_index, x, y,
+                    self.config.crash_radius, clock, crash_count))
         self.pending_faults.append({
             "kind": "crash" if crashed else "lost_contact", "x": x, "y": y,
             "radius": self.config.crash_radius if crashed else 0.0,
-            "clock": float(status[self.stm.status.clock.name]["value"]),
-            "crash_count": int(status[self.stm.status.crash_count.name]["value"])})
+            "clock": clock, "crash_count": crash_count})
         yield from bps.trigger(self.stm.coarse.approach, wait=True)
 
     def after_reconnect(self) -> MsgGenerator[None]:
@@ -267,16 +259,16 @@ class _Session:
                                     "clock": float(clock), "crash_count": int(crash_count)})
 
     def condition(self) -> MsgGenerator[bool]:
-        """A conditioning episode (``condition_tip``); True if it ended with a good tip."""
-        self.state.mask.save(self.mask_path)
+        """A conditioning episode (``condition_tip``) on the session's mask; True if it
+        ended with a good tip."""
         before = yield from bps.rd(self.stm.scan.frame_counter)
         outcome = yield from condition_tip(
             self.stm, self.policy, self.assessor, size=self.config.size,
             pixels=self.config.pixels, max_actions=self.config.max_actions,
-            good_threshold=self.config.good_threshold, mask_path=self.mask_path,
-            session_uid=self.state.session_uid, md=self.run_md(Next.CONDITION.value))
+            good_threshold=self.config.good_threshold, session_uid=self.state.session_uid,
+            md=self.run_md(Next.CONDITION.value), mask=self.state.mask)
         after = yield from bps.rd(self.stm.scan.frame_counter)
-        self.state.mask = AreaMask.load(self.mask_path)
+        self.keep_mask()
         self.state.images += max(int(after) - int(before), 0)
         self.state.episodes += 1
         self.state.actions += int(outcome["actions"])
@@ -287,10 +279,11 @@ class _Session:
         return bool(outcome["success"])
 
     def move(self, reason: str) -> MsgGenerator[None]:
-        """Coarse-move to a fresh approach area."""
-        yield from move_area(self.stm, self.mask_path, self.state.session_uid,
-                             self.run_md(reason))
-        self.state.mask = AreaMask.load(self.mask_path)
+        """Coarse-move to a fresh approach area, with a fresh mask."""
+        yield from move_area(self.stm, session_uid=self.state.session_uid,
+                             md=self.run_md(reason))
+        self.state.new_area(int((yield from bps.rd(self.stm.status.area_index))))
+        self.keep_mask()
         self.state.consecutive_bad = 0
         self.state.debris_retries = 0
         yield from self.read_clock()
@@ -346,33 +339,36 @@ def autonomous_session(
     mask_path: str | None = None,
     resume_state: SessionState | None = None,
     md: dict[str, Any] | None = None,
+    safety: SafetyLog | None = None,
 ) -> MsgGenerator[dict[str, Any]]:
     """Run DeepSPM's loop until ``hours`` of instrument time or ``images`` images are done.
 
     ``hours`` counts the instrument's clock (``Status:Clock``) from the session's start,
     across resumes; ``images`` counts every frame of the session, conditioning included.
     An image is kept when P(tip good), the assessor's p(good) filtered over the session's
-    frames (``autonomy_rules.update_belief``, with ``assessor_prior`` and ``tip_hazard``),
-    is above ``keep_threshold``; after more than ``bad_limit`` bad images in a row a
-    conditioning episode runs (``policy``, ending at p(good) > ``good_threshold`` or after
-    ``max_actions``). Peak to peak over ``debris_threshold``
+    frames (:func:`~spm_bluesky.autonomy.rules.update_belief`, with ``assessor_prior``
+    and ``tip_hazard``), is above ``keep_threshold``; after more than ``bad_limit`` bad
+    images in a row a conditioning episode runs (``policy``, ending at p(good) >
+    ``good_threshold`` or after ``max_actions``). Peak to peak over ``debris_threshold``
     (m) blocks ``debris_radius`` times the retry count; a crash blocks ``crash_radius``.
-    ``mask_path`` is the area-mask file shared with ``condition_tip`` and ``move_area``
-    (default: a temporary file, removed at the end). ``resume_state`` continues that
-    session (its ``session_uid``; the given one must match or be None). Every parameter is
+
+    The session holds its approach-area mask in memory and hands it to ``condition_tip``;
+    every blocked disc is in the documents. ``mask_path`` also keeps a copy of the mask in
+    that file, saved after every run (checked writable before anything is written).
+    ``resume_state`` continues that session (its ``session_uid``; the given one must match
+    or be None). ``safety`` makes safety records durable before the instrument acts again
+    (a crash and its exclusion zone, before the approach that follows). Every parameter is
     checked before any message. Returns the session's counters (``SessionState.summary``).
     """
     check_stm(stm)
     check_assessor(assessor)
-    for attribute in ("name", "reset", "act"):
-        if not hasattr(policy, attribute):
-            raise TypeError(f"policy needs name, reset() and act(); "
-                            f"{type(policy).__name__} has no {attribute}")
+    check_policy(policy)
+    mask_file = check_mask_path(mask_path)
     if session_uid is not None and (not isinstance(session_uid, str) or not session_uid):
         raise ValueError(f"session_uid={session_uid!r} must be a non-empty string")
     if resume_state is not None:
         if not isinstance(resume_state, SessionState):
-            raise TypeError("resume_state must be a SessionState (autonomy_state.rebuild)")
+            raise TypeError("resume_state must be a SessionState (autonomy.state.rebuild)")
         if session_uid not in (None, resume_state.session_uid):
             raise ValueError(f"session_uid={session_uid!r} does not match the resumed session "
                              f"{resume_state.session_uid!r}")
@@ -397,10 +393,5 @@ def autonomous_session(
         config = replace(config, start_clock=previous.start_clock,
                          resumed=previous.resumed + 1)
     state.config = config
-    if mask_path is not None:
-        session = _Session(stm, assessor, policy, config, state, mask_path, dict(md or {}))
-        return (yield from session.run())
-    with tempfile.TemporaryDirectory(prefix="spm-autonomy-") as scratch:
-        session = _Session(stm, assessor, policy, config, state,
-                           os.path.join(scratch, "area_mask.json"), dict(md or {}))
-        return (yield from session.run())
+    session = _Session(stm, assessor, policy, config, state, mask_file, dict(md or {}), safety)
+    return (yield from session.run())

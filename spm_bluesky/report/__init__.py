@@ -1,12 +1,12 @@
 """The session report: what an autonomous session did, built only from what Tiled stores.
 
 ============  ==========================================================================
-``session``   typed records of a session (images, actions, discs, episodes) and its yield
-``reader``    reads a session's runs from Tiled into those records (no matplotlib)
+``session``   what the report shows of a session (images, actions, discs, episodes), its yield
+``reader``    builds that from the session's stored records (no matplotlib)
 ``figures``   approach-area maps, timeline, yield table, gallery (matplotlib, Agg)
 ``page``      the self-contained HTML page
 ``writer``    writes the PNG and the HTML page of a session
-``replay``    re-assesses the stored images with another assessor and compares decisions
+``reassess``  re-assesses the stored images with another assessor and compares decisions
 ============  ==========================================================================
 
     from spm_bluesky.report import build_report
@@ -23,18 +23,10 @@ from spm_bluesky.report.figures import (
     png_bytes,
 )
 from spm_bluesky.report.page import PART_TITLES, html_page
-from spm_bluesky.report.reader import (
-    SessionNotFound,
-    SessionSummary,
-    fetch_images,
-    list_sessions,
-    load_session,
-)
-from spm_bluesky.report.replay import Rejudged, ReplayComparison, replay_session
+from spm_bluesky.report.reader import fetch_images, load_session
+from spm_bluesky.report.reassess import Reassessed, Reassessment, Rejudged, reassess_session
 from spm_bluesky.report.session import (
-    ActionRecord,
-    Disc,
-    Episode,
+    ConditioningEpisode,
     ImageRecord,
     SessionData,
     StoredImage,
@@ -43,15 +35,15 @@ from spm_bluesky.report.session import (
     yield_figures,
 )
 from spm_bluesky.report.writer import ReportFiles, build_report, write_report
+from spm_bluesky.storage import SessionNotFound, SessionSummary, list_sessions
 
 __all__ = [
     "PART_TITLES",
-    "ActionRecord",
-    "Disc",
-    "Episode",
+    "ConditioningEpisode",
     "ImageRecord",
+    "Reassessed",
+    "Reassessment",
     "Rejudged",
-    "ReplayComparison",
     "ReportFiles",
     "SessionData",
     "SessionNotFound",
@@ -71,7 +63,7 @@ __all__ = [
     "overview_figure",
     "part_figure",
     "png_bytes",
-    "replay_session",
+    "reassess_session",
     "write_report",
     "yield_figures",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from matplotlib import colormaps
@@ -207,8 +207,9 @@ def overview_figure(data: SessionData, images: Sequence[StoredImage]) -> Figure:
     """The whole report as one figure: maps and yield, the timeline, the gallery."""
     map_rows, gallery_rows = _map_rows(data), _gallery_rows(len(images))
     fig = Figure(figsize=(15, 4.2 * map_rows + 5 + 2.6 * gallery_rows), layout="constrained")
-    top, timeline, bottom = fig.subfigures(3, 1, height_ratios=[4.2 * map_rows, 5,
-                                                                2.6 * gallery_rows])
+    # Several rows: an array of subfigures (matplotlib types it as either).
+    top, timeline, bottom = cast(np.ndarray, fig.subfigures(
+        3, 1, height_ratios=[4.2 * map_rows, 5, 2.6 * gallery_rows]))
     maps, table = top.subfigures(1, 2, width_ratios=[_map_columns(data) + 0.4, 1.6])
     draw_maps(maps, data)
     draw_yield(table, yield_figures(data))

@@ -31,12 +31,12 @@ def html_page(data: SessionData, parts: Mapping[str, bytes],
     yield_rows = "\n".join(
         f'<tr><th>{html.escape(label)}</th><td data-key="{_data_key(label)}">'
         f"{html.escape(value)}</td></tr>" for label, value in yield_figures(data).rows())
-    meta = data.metadata
-    info = [("session", data.session_uid), ("runs", str(meta.get("runs", ""))),
-            ("twin seed", str(meta.get("twin_seed", "not a twin session"))),
-            ("models", ", ".join(f"{k} {v}" for k, v in meta.get("model_ids", {}).items())),
-            ("first run", str(meta.get("first_time", ""))),
-            ("last run", str(meta.get("last_time", "")))]
+    seed = data.twin_seed
+    info = [("session", data.session_uid), ("runs", str(data.runs)),
+            ("twin seed", "not a twin session" if seed is None else str(seed)),
+            ("models", ", ".join(f"{k} {v}" for k, v in data.model_ids.items())),
+            ("first run", data.first_time),
+            ("last run", data.last_time)]
     info_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                           for k, v in info)
     captions = "\n".join(_caption(data, record) for record in gallery)

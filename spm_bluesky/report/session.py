@@ -1,8 +1,10 @@
 """What the report knows about a session: typed records, read from Tiled by ``reader``.
 
-Pure data and counting (numpy only), so the figures, the HTML page and the replay share one
-model of the session. Times are instrument (simulated) seconds; :meth:`SessionData.hours`
-turns them into hours since the session's start.
+Pure data and counting, so the figures, the HTML page and the re-assessment share one
+model of the session. Conditioning steps and blocked discs are the storage records
+(:class:`~spm_bluesky.storage.StepRecord`, :class:`~spm_bluesky.storage.Disc`); an image
+joins its frame, assessment, decision and truth. Times are instrument (simulated) seconds;
+:meth:`SessionData.hours` turns them into hours since the session's start.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from spm_bluesky import schema
 from spm_bluesky.autonomy.rules import Verdict
 from spm_bluesky.protocols import GOOD
+from spm_bluesky.storage import Disc, StepRecord
 
 #: p(good) above which the loop counts an image as good (DeepSPM), when a session's
 #: ``autonomy`` metadata does not say.
@@ -22,6 +26,8 @@ GOOD_THRESHOLD = 0.9
 GALLERY_SIZE = 8
 #: The verdict given to an image of a conditioning episode (no ``decision`` event).
 CONDITIONING = "conditioning"
+#: The verdict given to an imported file's image: no loop decided about it.
+IMPORTED = "imported"
 
 
 @dataclass(frozen=True)
@@ -36,19 +42,27 @@ class ImageRecord:
     y: float
     size: float
     p_good: float
-    #: The loop's verdict (a :class:`~spm_bluesky.autonomy.rules.Verdict` value), or
-    #: :data:`CONDITIONING` for an image of a conditioning episode.
+    #: The loop's verdict (a :class:`~spm_bluesky.autonomy.rules.Verdict` value),
+    #: :data:`CONDITIONING` for an image of a conditioning episode, or :data:`IMPORTED` for
+    #: an image of an imported file.
     verdict: str
     #: The twin's true tip class; None when not recorded (not a twin session).
     truth: str | None = None
     #: P(tip good) after this image, the filtered p(good) the verdict used; None when not
     #: recorded (a conditioning image, or a session from before the filter).
     tip_belief: float | None = None
+    #: The file an imported image came from; None for an image the session scanned.
+    source: str | None = None
 
     @property
     def kept(self) -> bool:
         """True if the loop kept the image."""
         return self.verdict == Verdict.KEPT
+
+    @property
+    def imported(self) -> bool:
+        """True if the image came from an imported file (no loop decided about it)."""
+        return self.verdict == IMPORTED
 
 
 #: An image record with its stored frame (heights in metres).
@@ -56,31 +70,12 @@ StoredImage: TypeAlias = tuple[ImageRecord, np.ndarray]
 
 
 @dataclass(frozen=True)
-class ActionRecord:
-    """One conditioning action: when, where, which, and the disc it blocked."""
+class ConditioningEpisode:
+    """One conditioning episode: its span in instrument time and whether it succeeded.
 
-    clock: float
-    area: int
-    name: str
-    x: float
-    y: float
-    radius: float
-
-
-@dataclass(frozen=True)
-class Disc:
-    """A disc the loop blocked in an approach area (debris, rough spot, crash ...)."""
-
-    area: int
-    x: float
-    y: float
-    radius: float
-    reason: str
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One conditioning episode: its span in instrument time and whether it succeeded."""
+    (Not the agent evaluation's episode on the gym environment: this one is a stored
+    ``condition_tip`` run of a session.)
+    """
 
     start: float
     end: float
@@ -91,18 +86,22 @@ class Episode:
 class SessionData:
     """Everything the report shows about one session (see ``reader.load_session``).
 
-    ``metadata`` holds ``runs``, ``twin_seed``, ``model_ids``, ``autonomy`` (the session's
-    configuration as recorded in its start documents), ``first_time`` and ``last_time``.
+    ``metadata`` holds the first run's ``twin_seed``, ``model_ids`` and ``autonomy`` (the
+    session's configuration as recorded in its start documents); ``runs``, ``first_time``
+    and ``last_time`` describe the session's runs.
     """
 
     session_uid: str
     metadata: dict[str, Any]
+    runs: int = 0
+    first_time: str = ""
+    last_time: str = ""
     images: list[ImageRecord] = field(default_factory=list)
-    actions: list[ActionRecord] = field(default_factory=list)
+    actions: list[StepRecord] = field(default_factory=list)
     discs: list[Disc] = field(default_factory=list)
     crashes: list[float] = field(default_factory=list)
     area_moves: list[float] = field(default_factory=list)
-    episodes: list[Episode] = field(default_factory=list)
+    episodes: list[ConditioningEpisode] = field(default_factory=list)
     start_clock: float = 0.0
     end_clock: float = 0.0
 
@@ -113,12 +112,28 @@ class SessionData:
     @property
     def keep_threshold(self) -> float:
         """p(good) above which the loop kept an image."""
-        return float(self.metadata.get("autonomy", {}).get("keep_threshold", GOOD_THRESHOLD))
+        return float(self.autonomy.get("keep_threshold", GOOD_THRESHOLD))
 
     @property
     def good_threshold(self) -> float:
         """p(good) above which a conditioning episode ended with a good tip."""
-        return float(self.metadata.get("autonomy", {}).get("good_threshold", GOOD_THRESHOLD))
+        return float(self.autonomy.get("good_threshold", GOOD_THRESHOLD))
+
+    @property
+    def autonomy(self) -> dict[str, Any]:
+        """The session's configuration (empty for runs outside an autonomous session)."""
+        return dict(self.metadata.get(schema.AUTONOMY) or {})
+
+    @property
+    def model_ids(self) -> dict[str, str]:
+        """The model ids the session ran with (assessor, policy)."""
+        return dict(self.metadata.get(schema.MODEL_IDS) or {})
+
+    @property
+    def twin_seed(self) -> int | None:
+        """The twin's seed; None when the session did not run on the twin."""
+        seed = self.metadata.get(schema.TWIN_SEED)
+        return None if seed is None else int(seed)
 
     @property
     def areas(self) -> list[int]:
@@ -145,12 +160,16 @@ class YieldFigures:
     actions: int
     crashes: int
     area_moves: int
+    #: Images of imported files (no verdict: counted apart from the kept ones).
+    imported_images: int = 0
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs in the order shown."""
         rows = [("simulated hours", f"{self.simulated_hours:.2f}"),
-                ("images", str(self.images)),
-                ("good images (kept)", str(self.good_images))]
+                ("images", str(self.images))]
+        if self.imported_images:
+            rows.append(("imported images (no verdict)", str(self.imported_images)))
+        rows.append(("good images (kept)", str(self.good_images)))
         if self.truly_good_images is not None:
             rows.append(("kept with a truly good tip (twin)", str(self.truly_good_images)))
         rows += [("good images per simulated hour", f"{self.good_per_hour:.1f}"),
@@ -176,6 +195,7 @@ def yield_figures(data: SessionData) -> YieldFigures:
         actions=len(data.actions),
         crashes=len(data.crashes),
         area_moves=len(data.area_moves),
+        imported_images=sum(r.imported for r in data.images),
     )
 
 

@@ -35,7 +35,8 @@ def write_report(data: SessionData, images: Sequence[StoredImage],
     stem = f"session-{data.session_uid}"
     png = out / f"{stem}.png"
     png.write_bytes(png_bytes(overview_figure(data, images)))
-    parts = {part: png_bytes(part_figure(part, data, images)) for part in FIGURE_PARTS}
+    parts: dict[str, bytes] = {part: png_bytes(part_figure(part, data, images))
+                               for part in FIGURE_PARTS}
     page = out / f"{stem}.html"
     page.write_text(html_page(data, parts, [record for record, _ in images]))
     return ReportFiles(png, page)

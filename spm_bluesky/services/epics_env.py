@@ -1,7 +1,7 @@
 """Loopback-only Channel Access settings on ports of our own.
 
 EPICS CA reads its environment once per process, so these must be in place before the
-IOC subprocess and the first client start (see DESIGN.md, pitfalls).
+IOC subprocess and the first client start (see docs/reference/pitfalls.md).
 """
 
 from __future__ import annotations

@@ -4,31 +4,36 @@
 (or one given), the IOC inside a private loopback Channel Access setup. It records what a
 client needs (addresses, PIDs, the data directory, the Tiled API key and the ``EPICS_CA_*``
 settings) in a state file, ``<data dir>/services.json`` (mode 0600: it holds the key).
-``status`` checks that each process is alive and answers, ``down`` stops them and ``shell``
-opens IPython with ``profile_collection`` and that environment.
+``status`` checks that each process is alive and answers and ``down`` stops them; the
+commands themselves are in :mod:`spm_bluesky.commandline.services`. With ``--backend
+nanonis-sim`` the Nanonis simulator runs as a third process and the IOC speaks the Nanonis
+protocol to it (:mod:`spm_bluesky.services.nanonis_sim`); with ``--backend nanonis`` the IOC
+talks to a real controller.
 
 The data directory is ``--data-dir``, else ``$SPM_BLUESKY_HOME``, else ``./spm-data``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import psutil
 
+from spm_bluesky.domain.limits import DEFAULT_PREFIX
 from spm_bluesky.services.epics_env import free_port, loopback_ca_env
+from spm_bluesky.services.nanonis_sim import SIM_LOG, SimLaunch, ioc_arguments, truth_state
 
 #: Environment variable naming the data directory (state file, Tiled data, RE metadata).
 HOME_ENV = "SPM_BLUESKY_HOME"
@@ -38,10 +43,11 @@ IOC_LOG = "ioc.log"
 #: Tiled's own directory inside the data directory (catalog, arrays, api_key, its log).
 TILED_DIR = "tiled"
 LOOPBACK = "127.0.0.1"
-DEFAULT_PREFIX = "STM:"
 #: The PV read to see whether the IOC answers.
 PROBE_PV = "Status:Clock"
 STATE_VERSION = 1
+#: What ``up --backend`` can put behind the PVs.
+BACKENDS = ("twin", "nanonis-sim", "nanonis")
 
 _IOC_READY = re.compile(r"\bready\b.*\bport=(\d+)")
 
@@ -104,6 +110,16 @@ class ServiceState:
     tiled: ProcessRecord
     started: float
     version: int = STATE_VERSION
+    time_scale: float = 0.0
+    #: What stands behind the PVs: "twin", "nanonis-sim" or "nanonis" (:data:`BACKENDS`).
+    backend: str = "twin"
+    #: The IOC's backend options (``--backend nanonis --nanonis HOST:PORT ...``).
+    ioc_args: tuple[str, ...] = ()
+    #: The Nanonis simulator (``--backend nanonis-sim``), and its two ports.
+    nanonis_sim: ProcessRecord | None = None
+    sim_ports: tuple[int, int] | None = None
+    #: The folder of STM files Tiled serves (``up --serve-files``), absolute; None if none.
+    files_dir: str | None = None
 
     @property
     def path(self) -> Path:
@@ -112,7 +128,10 @@ class ServiceState:
 
     def records(self) -> dict[str, ProcessRecord]:
         """The processes by service name."""
-        return {"ioc": self.ioc, "tiled": self.tiled}
+        records = {"ioc": self.ioc, "tiled": self.tiled}
+        if self.nanonis_sim is not None:
+            records["nanonis-sim"] = self.nanonis_sim
+        return records
 
     def write(self) -> Path:
         """Write the state file atomically with mode 0600; return its path."""
@@ -141,6 +160,11 @@ class ServiceState:
                                f"{STATE_VERSION}: stop its services by PID and delete it")
         raw["ioc"] = ProcessRecord(**raw["ioc"])
         raw["tiled"] = ProcessRecord(**raw["tiled"])
+        if raw.get("nanonis_sim"):
+            raw["nanonis_sim"] = ProcessRecord(**raw["nanonis_sim"])
+        for name in ("ioc_args", "sim_ports"):
+            if raw.get(name) is not None:
+                raw[name] = tuple(raw[name])
         return cls(**raw)
 
 
@@ -155,6 +179,12 @@ class UpOptions:
     ioc_port: int | None = None
     tiled_port: int | None = None
     timeout: float = 60.0
+    #: "twin" (the IOC's own twin), "nanonis-sim" (the Nanonis simulator behind a Nanonis
+    #: IOC) or "nanonis" (a Nanonis controller at :attr:`nanonis`, ``HOST:PORT``).
+    backend: str = "twin"
+    nanonis: str | None = None
+    #: A folder of STM files (``.sxm``, ``.dat``) Tiled serves beside the runs (``--serve-files``).
+    serve_files: Path | None = None
 
 
 @contextlib.contextmanager
@@ -184,42 +214,14 @@ def ioc_answers(prefix: str, epics_env: Mapping[str, str], timeout: float = 2.0)
     return float(response.data[0])
 
 
-def tiled_answers(uri: str, api_key: str, timeout: float = 2.0) -> bool:
-    """True if the Tiled server at ``uri`` answers an authenticated metadata request."""
-    import httpx
-
-    try:
-        response = httpx.get(f"{uri}/api/v1/metadata/", timeout=timeout, trust_env=False,
-                             headers={"Authorization": f"Apikey {api_key}"})
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200
-
-
 def check_port_free(port: int, what: str, option: str, udp: bool = False) -> None:
     """Raise ServiceError if TCP (and with ``udp`` also UDP) ``port`` on 127.0.0.1 is taken."""
-    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if udp else [])
-    for kind in kinds:
-        with socket.socket(socket.AF_INET, kind) as sock:
-            if kind == socket.SOCK_STREAM:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((LOOPBACK, port))
-            except OSError as err:
-                proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
-                raise ServiceError(
-                    f"cannot start {what}: port {port} ({proto}) on {LOOPBACK} is taken "
-                    f"({err.strerror}). Give another {option}, or leave it out for a free one."
-                ) from None
+    from spm_bluesky.storage.server import port_taken
 
-
-def _log_tail(path: Path, offset: int = 0, n_chars: int = 3000) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            f.seek(offset)
-            return f.read()[-n_chars:]
-    except OSError:
-        return ""
+    taken = port_taken(LOOPBACK, port, udp=udp)
+    if taken:
+        raise ServiceError(
+            f"cannot start {what}: {taken}. Give another {option}, or leave it out for a free one.")
 
 
 def _finished(proc: psutil.Process) -> bool:
@@ -267,12 +269,14 @@ class IocLaunch:
 
     @classmethod
     def start(cls, prefix: str, seed: int, ca_port: int, log_path: Path,
-              epics_env: Mapping[str, str], time_scale: float = 0.0) -> IocLaunch:
-        """Start the IOC detached (own session) on 127.0.0.1, appending to ``log_path``."""
+              epics_env: Mapping[str, str], time_scale: float = 0.0,
+              backend_args: Sequence[str] = ()) -> IocLaunch:
+        """Start the IOC detached (own session) on 127.0.0.1, appending to ``log_path``;
+        ``backend_args`` put it behind a Nanonis (``--backend nanonis ...``)."""
         offset = log_path.stat().st_size if log_path.exists() else 0
         command = [sys.executable, "-m", "spm_bluesky.ioc", "--prefix", prefix,
                    "--seed", str(seed), "--host", LOOPBACK, "--port", str(ca_port),
-                   "--time-scale", repr(float(time_scale))]
+                   "--time-scale", repr(float(time_scale)), *backend_args]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -284,9 +288,11 @@ class IocLaunch:
 
     def wait_ready(self, prefix: str, epics_env: dict[str, str], timeout: float) -> None:
         """Wait for the ready line and a CA answer; ServiceError with the log tail if not."""
+        from spm_bluesky.storage.server import read_tail
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = _log_tail(self.log_path, self.offset, 1_000_000)
+            text = read_tail(self.log_path, 1_000_000, self.offset)
             if self.process.poll() is not None:
                 raise ServiceError(
                     f"the IOC did not start: it exited with status {self.process.returncode}. "
@@ -296,7 +302,7 @@ class IocLaunch:
             time.sleep(0.2)
         raise ServiceError(
             f"the IOC did not answer over CA within {timeout:g} s. "
-            f"End of its log ({self.log_path}):\n{_log_tail(self.log_path, self.offset)}")
+            f"End of its log ({self.log_path}):\n{read_tail(self.log_path, 3000, self.offset)}")
 
     def stop(self) -> None:
         """Stop the IOC (and reap it)."""
@@ -309,22 +315,22 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
     """Start the IOC and Tiled in the background and write the state file.
 
     Returns the state and whether anything was started: when the services recorded in
-    ``data_dir`` all still run, nothing is started. Raises ServiceError (with the log tail
-    of the failing service) if a port is taken or a service does not come up; then nothing
-    is left running.
+    ``data_dir`` all still run, nothing is started; when some are down, only those are
+    started again, on their recorded ports and with the same key (:func:`restart_down`).
+    Raises ServiceError (with the log tail of the failing service) if a port is taken or a
+    service does not come up; then nothing started here is left running.
     """
     data_dir = options.data_dir
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise ServiceError(f"cannot use {data_dir} as the data directory: "
+                           f"{err.strerror}") from None
     previous = ServiceState.read(data_dir)
     if previous is not None:
-        alive = [name for name, rec in previous.records().items() if rec.alive()]
-        if len(alive) == len(previous.records()):
+        if all(rec.alive() for rec in previous.records().values()):
             return previous, False
-        if alive:
-            raise ServiceError(
-                f"only {', '.join(alive)} of the services recorded in {previous.path} still "
-                "runs: run `spm-bluesky down` first")
-        previous.path.unlink()
+        return restart_down(previous, options.timeout), True
     if options.ioc_port is not None:
         check_port_free(options.ioc_port, "the IOC", "--ioc-port", udp=True)
     if options.tiled_port is not None:
@@ -335,26 +341,38 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
         repeater_port = free_port()
     epics_env = loopback_ca_env(ca_port, repeater_port)
 
+    sim, sim_ports, backend_args = _start_backend(options, ca_port, repeater_port)
     ioc = IocLaunch.start(options.prefix, options.seed, ca_port, data_dir / IOC_LOG, epics_env,
-                          options.time_scale)  # starts while Tiled starts
+                          options.time_scale, backend_args)  # starts while Tiled starts
     try:
-        from spm_bluesky.storage.tiled import TiledConfig, TiledServerError, start_server
+        from spm_bluesky.storage.server import TiledConfig, TiledServerError, start_server
 
         config = TiledConfig(data_dir / TILED_DIR, host=LOOPBACK, port=options.tiled_port or 0,
-                             startup_timeout=options.timeout)
+                             startup_timeout=options.timeout, files_dir=options.serve_files)
         try:
             tiled = start_server(config, detach=True)
         except (TiledServerError, OSError, ValueError) as err:  # also a bad api_key file
             raise ServiceError(f"Tiled did not start: {err}") from None
         try:
+            if sim is not None:
+                try:
+                    sim.wait_ready(options.timeout)
+                except RuntimeError as err:
+                    raise ServiceError(str(err)) from None
             ioc.wait_ready(options.prefix, epics_env, options.timeout)
             state = ServiceState(
-                data_dir=str(data_dir), prefix=options.prefix, seed=options.seed, sim=True,
+                data_dir=str(data_dir), prefix=options.prefix, seed=options.seed,
+                sim=options.backend != "nanonis",
                 ca_port=ca_port, epics_env=epics_env, tiled_uri=tiled.uri,
                 api_key=tiled.api_key,
                 ioc=ProcessRecord.of(ioc.process.pid, f"{LOOPBACK}:{ca_port}", ioc.log_path),
                 tiled=ProcessRecord.of(tiled.pid, tiled.uri, tiled.log_path),
-                started=time.time(),
+                started=time.time(), time_scale=options.time_scale,
+                backend=options.backend, ioc_args=backend_args,
+                nanonis_sim=None if sim is None else ProcessRecord.of(
+                    sim.process.pid, f"{LOOPBACK}:{sim.port}", sim.log_path),
+                sim_ports=sim_ports,
+                files_dir=None if config.files_dir is None else str(config.files_dir),
             )
             state.write()
         except BaseException:
@@ -362,8 +380,94 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
             raise
     except BaseException:
         ioc.stop()
+        if sim is not None:
+            sim.stop()
         raise
     return state, True
+
+
+def _start_backend(options: UpOptions, *taken: int
+                   ) -> tuple[SimLaunch | None, tuple[int, int] | None, tuple[str, ...]]:
+    """Start the Nanonis simulator if the backend needs one (on two free ports, not
+    ``taken``); return it, its ports and the IOC's backend options."""
+    if options.backend == "twin":
+        return None, None, ()
+    if options.backend == "nanonis":
+        if not options.nanonis:
+            raise ServiceError("--backend nanonis needs --nanonis HOST:PORT")
+        return None, None, ("--backend", "nanonis", "--nanonis", options.nanonis)
+    if options.backend != "nanonis-sim":
+        raise ServiceError(f"unknown backend {options.backend!r}: one of {', '.join(BACKENDS)}")
+    ports: list[int] = []
+    while len(ports) < 2:
+        port = free_port()
+        if port not in ports and port not in taken:
+            ports.append(port)
+    sim = SimLaunch.start(options.seed, ports[0], ports[1], options.data_dir / SIM_LOG,
+                          options.time_scale)
+    return sim, (ports[0], ports[1]), tuple(ioc_arguments(ports[0], ports[1]))
+
+
+def restart_down(previous: ServiceState, timeout: float = 60.0) -> ServiceState:
+    """Start again each recorded service that is down, alone, as it was recorded.
+
+    The IOC comes back on its CA port with the same prefix, seed and ``EPICS_CA_*``
+    settings (a fresh twin); Tiled on its port with the same API key and data. What still
+    runs is left alone, so a running session sees a delay, not new addresses. Raises
+    ServiceError if a recorded port is taken meanwhile; then nothing started here runs.
+    """
+    from spm_bluesky.storage.server import TiledConfig, TiledServerError, start_server
+
+    data_dir = Path(previous.data_dir)
+    ioc_record, tiled_record = previous.ioc, previous.tiled
+    sim_record = previous.nanonis_sim
+    started: list[Any] = []  # IocLaunch and TiledServer: both have stop()
+    try:
+        if sim_record is not None and previous.sim_ports and not sim_record.alive():
+            sim = SimLaunch.start(previous.seed, *previous.sim_ports, data_dir / SIM_LOG,
+                                  previous.time_scale)  # the IOC reconnects to it by itself
+            started.append(sim)
+            try:
+                sim.wait_ready(timeout)
+            except RuntimeError as err:
+                raise ServiceError(str(err)) from None
+            sim_record = ProcessRecord.of(sim.process.pid, sim_record.address, sim.log_path)
+        if not previous.ioc.alive():
+            if taken := _port_taken(previous.ca_port, udp=True):
+                raise ServiceError(f"cannot restart the IOC on its port: {taken}; "
+                                   "`spm-bluesky down` and `up` start on new ports")
+            ioc = IocLaunch.start(previous.prefix, previous.seed, previous.ca_port,
+                                  data_dir / IOC_LOG, previous.epics_env, previous.time_scale,
+                                  previous.ioc_args)
+            started.append(ioc)
+            ioc.wait_ready(previous.prefix, previous.epics_env, timeout)
+            ioc_record = ProcessRecord.of(ioc.process.pid, previous.ioc.address, ioc.log_path)
+        if not previous.tiled.alive():
+            port = urlparse(previous.tiled_uri).port or 0
+            config = TiledConfig(data_dir / TILED_DIR, host=LOOPBACK, port=port,
+                                 api_key=previous.api_key, startup_timeout=timeout,
+                                 files_dir=None if previous.files_dir is None
+                                 else Path(previous.files_dir))
+            try:
+                tiled = start_server(config, detach=True)
+            except (TiledServerError, OSError, ValueError) as err:
+                raise ServiceError(f"Tiled did not start again on port {port}: {err}"
+                                   ) from None
+            started.append(tiled)
+            tiled_record = ProcessRecord.of(tiled.pid, tiled.uri, tiled.log_path)
+    except BaseException:
+        for service in started:
+            service.stop()
+        raise
+    state = replace(previous, ioc=ioc_record, tiled=tiled_record, nanonis_sim=sim_record)
+    state.write()
+    return state
+
+
+def _port_taken(port: int, udp: bool = False) -> str | None:
+    from spm_bluesky.storage.server import port_taken
+
+    return port_taken(LOOPBACK, port, udp=udp)
 
 
 def down(data_dir: Path, timeout: float = 10.0) -> ServiceState | None:
@@ -404,20 +508,29 @@ class ServiceStatus:
 
 def status(data_dir: Path) -> tuple[ServiceState | None, list[ServiceStatus]]:
     """Check each recorded service: is its process alive, does it answer?"""
+    from spm_bluesky.storage.server import tiled_answers
+
     state = ServiceState.read(data_dir)
     if state is None:
         return None, []
     ioc_running = state.ioc.alive()
     clock = ioc_answers(state.prefix, state.epics_env) if ioc_running else None
     tiled_running = state.tiled.alive()
-    return state, [
+    services = [
         ServiceStatus("ioc", state.ioc, ioc_running, clock is not None,
-                      f"CA, prefix {state.prefix}"
+                      f"CA, prefix {state.prefix}, backend {state.backend}"
                       + ("" if clock is None else f", instrument clock {clock:.3f} s")),
         ServiceStatus("tiled", state.tiled, tiled_running,
                       tiled_running and tiled_answers(state.tiled_uri, state.api_key),
                       "HTTP, API key in the state file"),
     ]
+    if state.nanonis_sim is not None and state.sim_ports is not None:
+        sim_running = state.nanonis_sim.alive()
+        truth = truth_state(state.sim_ports[1]) if sim_running else None
+        services.append(ServiceStatus(
+            "nanonis-sim", state.nanonis_sim, sim_running, truth is not None,
+            f"Nanonis TCP, truth channel port {state.sim_ports[1]}"))
+    return state, services
 
 
 def client_ca_env(epics_env: Mapping[str, str]) -> dict[str, str]:
@@ -437,134 +550,4 @@ def shell_environment(state: ServiceState, environ: Mapping[str, str] = os.envir
 
 def default_profile_dir() -> Path:
     """``profile_collection`` of the source checkout this package runs from."""
-    return Path(__file__).resolve().parents[1] / "profile_collection"
-
-
-# -- command line -------------------------------------------------------------------------
-
-
-def _not_up(data_dir: Path) -> str:
-    return (f"no services are up in {data_dir} (no {STATE_FILE}): start them with "
-            f"`spm-bluesky up --data-dir {data_dir}`")
-
-
-def _print_state(state: ServiceState) -> None:
-    env = " ".join(f"{key}={value}" for key, value in state.epics_env.items()
-                   if key in ("EPICS_CA_ADDR_LIST", "EPICS_CA_SERVER_PORT"))
-    print(f"  ioc    pid {state.ioc.pid}  CA {state.ioc.address}  prefix {state.prefix}  "
-          f"log {state.ioc.log}")
-    print(f"  tiled  pid {state.tiled.pid}  {state.tiled_uri}  log {state.tiled.log}")
-    print(f"  CA clients need: {env} (all EPICS_CA_* settings are in the state file)")
-    print(f"  state file: {state.path}")
-
-
-def _cmd_up(args: argparse.Namespace) -> int:
-    options = UpOptions(data_dir=data_dir_from(args.data_dir), prefix=args.prefix,
-                        seed=args.seed, time_scale=args.time_scale, ioc_port=args.ioc_port,
-                        tiled_port=args.tiled_port, timeout=args.timeout)
-    try:
-        state, started = up(options)
-    except ServiceError as err:
-        print(f"spm-bluesky up: {err}", file=sys.stderr)
-        return 1
-    print("started:" if started else f"already up in {state.data_dir} (nothing started):")
-    _print_state(state)
-    print(f"next: spm-bluesky shell --data-dir {state.data_dir}   (stop: spm-bluesky down "
-          f"--data-dir {state.data_dir})")
-    return 0
-
-
-def _cmd_down(args: argparse.Namespace) -> int:
-    data_dir = data_dir_from(args.data_dir)
-    try:
-        state = down(data_dir)
-    except ServiceError as err:
-        print(f"spm-bluesky down: {err}", file=sys.stderr)
-        return 1
-    if state is None:
-        print(f"nothing to stop: {_not_up(data_dir)}")
-    else:
-        print(f"stopped ioc (pid {state.ioc.pid}) and tiled (pid {state.tiled.pid}); data and "
-              f"logs stay in {data_dir}")
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    data_dir = data_dir_from(args.data_dir)
-    try:
-        state, services = status(data_dir)
-    except ServiceError as err:
-        print(f"spm-bluesky status: {err}", file=sys.stderr)
-        return 1
-    if state is None:
-        print(_not_up(data_dir))
-        return 1
-    print(f"services in {data_dir} (state file {state.path}):")
-    for service in services:
-        print(service.line())
-    if all(s.running and s.answering for s in services):
-        return 0
-    print("some services are down or do not answer: see their logs; "
-          f"`spm-bluesky down --data-dir {data_dir}` then `up` restarts them")
-    return 1
-
-
-def _cmd_shell(args: argparse.Namespace) -> int:
-    data_dir = data_dir_from(args.data_dir)
-    try:
-        state = ServiceState.read(data_dir)
-    except ServiceError as err:
-        print(f"spm-bluesky shell: {err}", file=sys.stderr)
-        return 1
-    if state is None:
-        print(f"spm-bluesky shell: {_not_up(data_dir)}", file=sys.stderr)
-        return 1
-    profile_dir = Path(args.profile_dir).resolve() if args.profile_dir else default_profile_dir()
-    if not (profile_dir / "startup").is_dir():
-        print(f"spm-bluesky shell: {profile_dir} has no startup/ directory; give the profile "
-              "with --profile-dir", file=sys.stderr)
-        return 1
-    for name, record in state.records().items():
-        if not record.alive():
-            print(f"spm-bluesky shell: warning: {name} (pid {record.pid}) is not running; "
-                  "see `spm-bluesky status`", file=sys.stderr)
-    ipython_args = [a for a in args.ipython_args if a != "--"]
-    argv = [sys.executable, "-m", "IPython", f"--profile-dir={profile_dir}", *ipython_args]
-    sys.stdout.flush()
-    os.execve(sys.executable, argv, shell_environment(state))
-    return 0  # not reached
-
-
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add ``up``, ``down``, ``status`` and ``shell`` to the ``spm-bluesky`` parser."""
-    data_help = f"data directory (default: ${HOME_ENV}, else ./{DEFAULT_DATA_DIR})"
-
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument("--data-dir", default=None, help=data_help)
-        return parser
-
-    up_parser = add("up", "start the IOC and Tiled in the background (loopback)")
-    up_parser.add_argument("--prefix", default=DEFAULT_PREFIX,
-                           help="PV prefix (default: %(default)s)")
-    up_parser.add_argument("--seed", type=int, default=0, help="twin seed (default: %(default)s)")
-    up_parser.add_argument("--time-scale", type=float, default=0.0,
-                           help="twin time scale: 0 as fast as possible, 1 real time")
-    up_parser.add_argument("--ioc-port", type=int, default=None,
-                           help="CA server port of the IOC (default: a free one)")
-    up_parser.add_argument("--tiled-port", type=int, default=None,
-                           help="HTTP port of Tiled (default: a free one)")
-    up_parser.add_argument("--timeout", type=float, default=60.0,
-                           help="seconds each service may take to answer (default: %(default)s)")
-    up_parser.set_defaults(handler=_cmd_up)
-    add("down", "stop the services started by `up`").set_defaults(handler=_cmd_down)
-    add("status", "show whether the services run and answer (exit status 1 if not)"
-        ).set_defaults(handler=_cmd_status)
-    shell = add("shell", "open IPython with profile_collection and the services' settings")
-    shell.add_argument("--profile-dir", default=None,
-                       help="IPython profile directory (default: the checkout's "
-                            "profile_collection)")
-    shell.add_argument("ipython_args", nargs=argparse.REMAINDER,
-                       help="further arguments for IPython (after --)")
-    shell.set_defaults(handler=_cmd_shell)
-
+    return Path(__file__).resolve().parents[2] / "profile_collection"

@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
+from event_model.documents import Event, EventDescriptor, RunStart
 
+from spm_bluesky import schema
+from spm_bluesky.services.credentials import tiled_api_key
 from spm_bluesky.services.launch import (
     DEFAULT_PREFIX,
     STATE_FILE,
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 METADATA_DIR = "re_md"
 #: Where TiledWriter puts runs it could not write to Tiled.
 BACKUP_DIR = "tiled-backup"
-#: The survey's approach-area mask, kept across restarts.
+#: The approach-area mask file of the data directory, for plans given ``mask_path``.
 AREA_MASK_FILE = "area_mask.json"
 
 
@@ -82,8 +85,7 @@ class SessionSettings:
             prefix=environ.get("SPM_STM_PREFIX") or (state.prefix if state else DEFAULT_PREFIX),
             sim=_flag(sim) if sim is not None else (state.sim if state else True),
             tiled_uri=environ.get("SPM_TILED_URI") or (state.tiled_uri if state else None),
-            tiled_api_key=(environ.get("SPM_TILED_API_KEY") or environ.get("TILED_API_KEY")
-                           or (state.api_key if state else None)),
+            tiled_api_key=tiled_api_key(data_dir=data_dir, environ=environ),
             metadata_dir=Path(environ.get("SPM_METADATA_DIR") or data_dir / METADATA_DIR),
             epics_env=client_ca_env(state.epics_env) if state else {},
             source=str(data_dir / STATE_FILE) if state else "environment",
@@ -100,7 +102,8 @@ class SessionSettings:
 
     @property
     def area_mask(self) -> str:
-        """The survey mask file of this data directory (for ``survey(..., mask_path=...)``)."""
+        """The mask file of this data directory (``survey(..., mask_path=...)``), kept
+        across restarts; plans check it is writable before they act."""
         return str(self.data_dir / AREA_MASK_FILE)
 
     def ca_address(self) -> str:
@@ -122,7 +125,7 @@ def connect_tiled(settings: SessionSettings) -> CatalogOfBlueskyRuns:
     """The Tiled catalog of the session; ServiceMissing if it is not configured or down."""
     import httpx
 
-    from spm_bluesky.storage.tiled import connect
+    from spm_bluesky.storage import connect
 
     if not settings.tiled_uri or not settings.tiled_api_key:
         raise ServiceMissing(
@@ -196,20 +199,20 @@ class LatestImage(QtAwareCallback):
         self._figure: Any = None
         self._artist: Any = None
 
-    def start(self, doc: dict[str, Any]) -> None:
+    def start(self, doc: RunStart) -> None:
         """A new run: forget the previous run's streams."""
         self._fields.clear()
         self.shown = 0
-        self._title = f"scan {doc.get('scan_id', '?')} {doc.get('plan_name', '')}".strip()
+        self._title = f"scan {doc.get('scan_id', '?')} {doc.get(schema.PLAN_NAME, '')}".strip()
 
-    def descriptor(self, doc: dict[str, Any]) -> None:
+    def descriptor(self, doc: EventDescriptor) -> None:
         """Remember the first 2-D field of the stream, if any."""
         for key, data_key in doc["data_keys"].items():
             if len(data_key.get("shape") or ()) == 2:
                 self._fields[doc["uid"]] = (key, data_key.get("units") or "")
                 return
 
-    def event(self, doc: dict[str, Any]) -> dict[str, Any]:
+    def event(self, doc: Event) -> Event:
         """Show the event's image."""
         field_units = self._fields.get(doc["descriptor"])
         if field_units is not None and field_units[0] in doc["data"]:

@@ -4,8 +4,8 @@ The state is continuous (apexes, radius, adsorbate, stability, length); its *def
 four independent flags derived from it. A conditioning action removes each present defect
 with a probability that depends on the defect and the action, and creates each absent one
 with a (smaller) side-effect probability. Probabilities are smooth functions of the pulse
-bias and duration or the dip depth, so off-grid actions work too. The tables in the README
-list their values on the DeepSPM action set. Design goals (tested):
+bias and duration or the dip depth, so off-grid actions work too. The table in
+docs/reference/twin.md lists their values on the DeepSPM action set. Design goals (tested):
 
 - no action repairs every defect (each has some defect it repairs with p < 0.3);
 - strong actions make things worse (deep dips blunt, +-8 V pulses split the apex);
@@ -323,7 +323,7 @@ def oracle_expected_actions(defects: frozenset[TipClass], actions: tuple[TipActi
 
 
 def dynamics_table(actions: tuple[TipAction, ...]) -> str:
-    """Markdown table of repair / side-effect probabilities per action (for the README)."""
+    """Markdown table of repair / side-effect probabilities per action (docs/reference/twin.md)."""
     header = "| action | " + " | ".join(f"repairs {d.value}" for d in DEFECTS) + " | " + \
         " | ".join(f"creates {d.value}" for d in DEFECTS) + " |"
     lines = [header, "|" + "---|" * (1 + 2 * len(DEFECTS))]

@@ -15,13 +15,13 @@ from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
 from spm_bluesky.autonomy.rules import UNKNOWN_TIP, SessionConfig, update_belief
-from spm_bluesky.autonomy.state import rebuild, stream_table
+from spm_bluesky.autonomy.state import rebuild
 from spm_bluesky.autonomy.writer import session_writer
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.ml.agent.policies import HeuristicPolicy
 from spm_bluesky.ml.assessor import load_assessor
 from spm_bluesky.plans.autonomous import autonomous_session
-from spm_bluesky.storage.tiled import connect, read_image_stream, runs_by_session
+from spm_bluesky.storage import StoredRun, connect, read_image_stream, runs_by_session
 from tests.fixtures_ioc import IocProcess
 from tests.system.test_chain import ServedFrames
 
@@ -108,29 +108,28 @@ def test_session_decides_repairs_and_stores_every_served_image(start_ioc, tiled_
             belief = UNKNOWN_TIP
         if names[i] != "autonomous_scan":
             continue
-        judged, decided = stream_table(run, "assessment"), stream_table(run, "decision")
-        truth = stream_table(run, "truth")
+        stored = StoredRun(run)
+        judged, decided, truth = stored.assessments(), stored.decisions(), stored.truths()
         assert len(judged) == len(decided) == len(truth) == len(read_image_stream(
             run, IMAGE_KEY).images)
-        for p_good, verdict, recorded in zip(judged["assessment_p_good"],
-                                             decided["decision_verdict"],
-                                             decided["decision_tip_belief"], strict=True):
+        for p_good, verdict, recorded in zip([a.p_good for a in judged],
+                                             [d.verdict for d in decided],
+                                             [d.tip_belief for d in decided], strict=True):
             if verdict in ("kept", "bad"):
                 belief = update_belief(belief, p_good, config)
                 assert (verdict == "kept") == (belief > config.keep_threshold)
             elif verdict == "crash":
                 belief = UNKNOWN_TIP
             assert recorded == pytest.approx(belief)
-        assert decided["decision_consecutive_bad"].max() <= BAD_LIMIT + 1
-        if decided["decision_consecutive_bad"].iloc[-1] > BAD_LIMIT:
+        assert max(d.consecutive_bad for d in decided) <= BAD_LIMIT + 1
+        if decided[-1].consecutive_bad > BAD_LIMIT:
             assert names[i + 1] == "condition_tip"
             assert runs[i + 1].metadata["start"]["reason"] == "consecutive_bad"
 
     # No place scanned twice.
-    centres = [(x, y) for run in runs if run.metadata["start"]["plan_name"] != "move_area"
-               for x, y in zip(stream_table(run, "primary").get("stm_scan_center_x", []),
-                               stream_table(run, "primary").get("stm_scan_center_y", []),
-                               strict=True)]
+    centres = [(frame.x, frame.y) for run in runs
+               if run.metadata["start"]["plan_name"] in ("autonomous_scan", "condition_tip")
+               for frame in StoredRun(run).frames()]
     assert len(centres) == len(set(centres)) == frame_counter
 
     # Tiled alone gives back the session's state.

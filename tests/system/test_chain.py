@@ -1,5 +1,5 @@
 """The whole chain, for real: IOC subprocess -> Channel Access -> ophyd-async -> RunEngine ->
-TiledWriter -> Tiled server -> readers (this process, replay, and another process)."""
+TiledWriter -> Tiled server -> readers (this process, fed documents, and another process)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from ophyd_async.core import init_devices
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain import limits
 from spm_bluesky.plans import survey
-from spm_bluesky.storage.tiled import (
+from spm_bluesky.storage import (
     connect,
+    feed_documents,
     read_image_stream,
-    replay,
     runs_by_session,
     subscribe_writer,
 )
@@ -101,7 +101,7 @@ def test_survey_of_20_images_lands_in_tiled_exactly_as_served(start_ioc, tiled_s
 
     # run.documents() replays into a callback that sees the same events as the live one.
     replayed: list[tuple[str, dict]] = []
-    replay(run, lambda name, doc: replayed.append((name, doc)))
+    feed_documents(run, lambda name, doc: replayed.append((name, doc)))
     assert replayed[0][0] == "start" and replayed[-1][0] == "stop"
     live_events, replay_events = primary_events(live), primary_events(replayed)
     assert [e["seq_num"] for e in replay_events] == list(range(1, N_IMAGES + 1))
@@ -126,7 +126,7 @@ def test_survey_of_20_images_lands_in_tiled_exactly_as_served(start_ioc, tiled_s
     # Another Python process reads the same run by uid.
     code = (
         "import json, os, sys\n"
-        "from spm_bluesky.storage.tiled import connect, read_image_stream\n"
+        "from spm_bluesky.storage import connect, read_image_stream\n"
         "run = connect(sys.argv[1], os.environ['TILED_API_KEY'])[sys.argv[2]]\n"
         "imgs = read_image_stream(run, 'stm-scan-image').images\n"
         "print(json.dumps({'uid': run.metadata['start']['uid'], 'shape': list(imgs.shape),\n"

@@ -25,7 +25,7 @@ from spm_bluesky.ml.agent.from_tiled import transitions_from_run
 from spm_bluesky.ml.agent.online import OnlineAgent
 from spm_bluesky.ml.assessor import load_assessor
 from spm_bluesky.plans.episode import condition_tip
-from spm_bluesky.storage.tiled import connect, read_image_stream, replay, subscribe_writer
+from spm_bluesky.storage import connect, feed_documents, read_image_stream, subscribe_writer
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def test_condition_tip_repairs_a_degraded_tip_and_tiled_holds_every_decision(
     n = outcome["actions"]
     images = read_image_stream(run, "stm-scan-image").images
     docs: list[tuple[str, dict]] = []
-    replay(run, lambda name, doc: docs.append((name, doc)))
+    feed_documents(run, lambda name, doc: docs.append((name, doc)))
     judged = stream_rows(docs, "assessment")
     steps = stream_rows(docs, "action")
     truth = stream_rows(docs, "truth")

@@ -12,18 +12,13 @@ import numpy as np
 import pytest
 from caproto.sync.client import read
 
-from spm_bluesky.autonomy.tally import FRAME_CLOCK_KEY
 from spm_bluesky.domain.actions import ACTIONS, ACTIONS_BY_NAME
-from spm_bluesky.evaluation.session import (
-    DegradeSchedule,
-    OracleAssessor,
-    OracleSessionPolicy,
-    SessionEval,
-    System,
-    SystemResult,
-    check_agent,
-)
+from spm_bluesky.evaluation.session import SessionEval, SystemResult
+from spm_bluesky.evaluation.system import System, build_system, check_agent
+from spm_bluesky.evaluation.twin_pvs import DegradeSchedule
+from spm_bluesky.ml.agent.policies import MissingAgentError, OracleAssessor, policy_by_name
 from spm_bluesky.ml.card import WEIGHTS_DIR
+from spm_bluesky.schema import SCAN_CLOCK as FRAME_CLOCK_KEY
 
 HOURS = 0.2
 SEED = 3
@@ -37,7 +32,7 @@ def test_oracle_reads_the_truth_and_respects_the_mask():
     assert assessor.assess(np.zeros((8, 8)), 1e-8).p_good == 1.0
     judged = assessor.assess(np.zeros((8, 8)), 1e-8)
     assert judged.p_good == 0.0 and judged.label == "blunt"
-    policy = OracleSessionPolicy(lambda: next(truth))
+    policy = policy_by_name("oracle", truth=lambda: next(truth))
     everything = np.ones(len(ACTIONS), dtype=bool)
     best = policy.act({}, everything)
     only_stall = np.zeros(len(ACTIONS), dtype=bool)
@@ -64,8 +59,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_full_system_without_agent_weights_fails_clearly(tmp_path):
     missing = tmp_path / "agent.pt"
-    with pytest.raises(RuntimeError, match="train agent"):
+    with pytest.raises(MissingAgentError, match="train agent"):
         check_agent(missing)
+    with pytest.raises(MissingAgentError, match="--systems"):
+        build_system(System.FULL, None, 0, agent_path=missing)
     done = run_cli("--hours", "0.1", "--systems", "full", "--agent", str(missing))
     assert done.returncode == 1
     assert "no weight file" in done.stderr and "--systems" in done.stderr

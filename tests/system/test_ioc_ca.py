@@ -22,16 +22,15 @@ from caproto.threading.client import Context
 from epicscorelibs.ca.cadef import CAException
 
 from spm_bluesky.ioc.pvtable import pv_rows
-from spm_bluesky.ioc.stm_ioc import StmIOC, pv_table
-from spm_bluesky.ioc.twin_worker import TwinWorker
-from spm_bluesky.twin import Instrument
+from spm_bluesky.ioc.stm_ioc import SimStmIOC, pv_table
+from spm_bluesky.ioc.twin_backend import TwinBackend
 from tests.fixtures_ioc import IocProcess
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: The PV contract of DESIGN.md, plus the simulation PVs other parts rely on.
+#: The PV contract (docs/reference/pv-table.md), plus the simulation PVs other parts rely on.
 CONTRACT_PVS = (
     "Scan:CenterX", "Scan:CenterY", "Scan:Size", "Scan:Pixels", "Scan:Speed", "Scan:Bias",
     "Scan:Setpoint", "Scan:Acquire", "Scan:Abort", "Scan:Image", "Scan:FrameCounter",
@@ -43,7 +42,7 @@ CONTRACT_PVS = (
 )
 COMMANDS = ("Scan:Acquire", "Scan:Abort", "Tip:Pulse", "Tip:Dip", "Coarse:Approach",
             "Coarse:Withdraw", "Coarse:MoveArea", "Sim:Degrade")
-ROWS = pv_rows(StmIOC("", TwinWorker(Instrument(0))))
+ROWS = pv_rows(SimStmIOC("", TwinBackend(0)))
 SUFFIXES = [row.name for row in ROWS]
 LIMITED_WRITABLE = [row.name for row in ROWS if row.access == "rw" and row.limits]
 
@@ -116,8 +115,9 @@ def test_list_pvs_lists_every_contract_pv() -> None:
 
 
 def test_docs_table_matches_list_pvs() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert pv_table() in readme, "regenerate the README's PV table: spm-ioc --list-pvs"
+    reference = (REPO_ROOT / "docs" / "reference" / "pv-table.md").read_text()
+    assert pv_table() in reference, (
+        "regenerate the table in docs/reference/pv-table.md: spm-ioc --list-pvs")
 
 
 # -- reading --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from spm_bluesky.storage.tiled import connect, read_image_stream
+from spm_bluesky.storage import connect, read_image_stream
 from tests.session_helpers import PROFILE_DIR, REPO, SPM, clean_env, services_up
 
 pytestmark = pytest.mark.integration
@@ -101,6 +101,11 @@ def test_survey_in_ipython_then_read_it_from_tiled(services: dict[str, Any]) -> 
     terminal = shell(services)
     out = terminal.type("print('M' + 'D:', RE.md['operator'], RE.md['scan_id'])")
     assert "MD: terminal test 1" in out
+    # The mask passes between plans in memory; autonomous_session is a global that takes
+    # its assessor and policy by name.
+    terminal.type("area = AreaMask(); RE(survey(stm, 2, mask=area))")
+    out = terminal.type("print('MA' + 'SK', area.free_cells, autonomous_session.__module__)")
+    assert "MASK 7223 spm_bluesky.services.queue_plans" in out, out
     assert terminal.exit() == 0
 
 

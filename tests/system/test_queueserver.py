@@ -1,5 +1,6 @@
-"""The same startup directory under the queueserver: queue a survey through the API (0MQ),
-run it, and find the run in Tiled.
+"""The same startup directory under the queueserver: queue plans through the API (0MQ), run
+them, and find their runs in Tiled: a survey, and an autonomous session whose assessor and
+policy are named by string.
 
 Needs Redis at 127.0.0.1:6379 (the project's machines and CI run one); the manager gets its
 own Redis key prefix, deleted afterwards, and its own 0MQ ports.
@@ -20,8 +21,9 @@ import redis
 from bluesky_queueserver_api import BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
 
+from spm_bluesky import schema
 from spm_bluesky.services.epics_env import free_port
-from spm_bluesky.storage.tiled import connect, read_image_stream
+from spm_bluesky.storage import SessionReader, connect, read_image_stream
 from tests.session_helpers import PROFILE_DIR, REPO, clean_env, services_up
 
 pytestmark = pytest.mark.integration
@@ -120,7 +122,8 @@ def test_survey_queued_through_the_queueserver_lands_in_tiled(
     assert api.status()["worker_environment_exists"], qs.log()
 
     plans = api.plans_allowed()["plans_allowed"]
-    assert {"acquire_image", "survey", "tip_action", "approach", "move_area"} <= set(plans)
+    assert {"acquire_image", "survey", "tip_action", "approach", "move_area",
+            "autonomous_session"} <= set(plans)
     assert "stm" in api.devices_allowed()["devices_allowed"]
 
     api.item_add(BPlan("survey", "stm", 3))
@@ -139,3 +142,45 @@ def test_survey_queued_through_the_queueserver_lands_in_tiled(
     api.environment_close()
     api.wait_for_idle(timeout=60)
     assert not api.status()["worker_environment_exists"]
+
+
+#: The autonomous session's image budget and its scan runs' size: several runs, quickly.
+SESSION_IMAGES, RUN_IMAGES = 12, 5
+
+
+def test_autonomous_session_queued_by_name_lands_in_tiled(
+    manager: tuple[Manager, dict[str, Any]],
+) -> None:
+    qs, state = manager
+    api = qs.api
+    qs.wait_started()
+    api.environment_open()
+    api.wait_for_idle(timeout=120)
+    assert api.status()["worker_environment_exists"], qs.log()
+
+    session = f"qs-{uuid.uuid4().hex[:12]}"
+    api.item_add(BPlan("autonomous_session", "stm", assessor="shipped", policy="heuristic",
+                       images=SESSION_IMAGES, run_images=RUN_IMAGES, session_uid=session))
+    api.queue_start()
+    api.wait_for_idle(timeout=600)
+    result = api.history_get()["items"][-1]["result"]
+    assert result["exit_status"] == "completed", result.get("traceback") or qs.log()
+
+    runs = list(SessionReader(connect(state["tiled_uri"], state["api_key"]), session))
+    assert {run.uid for run in runs} == set(result["run_uids"])
+    names = [run.plan_name for run in runs]
+    scans = [run for run in runs if run.plan_name == schema.AUTONOMOUS_SCAN]
+    assert len(scans) >= SESSION_IMAGES // RUN_IMAGES, names
+    imaging = [run for run in runs if run.plan_name in schema.IMAGE_PLANS]
+    images = sum(len(run.frames()) for run in imaging)
+    assert images >= SESSION_IMAGES, names
+    # Every frame is assessed; every frame of a scan run gets a verdict, numbered in the
+    # session's count of images (conditioning frames included).
+    assert sum(len(run.assessments()) for run in imaging) == images
+    decisions = [d for run in scans for d in run.decisions()]
+    assert len(decisions) == sum(len(run.frames()) for run in scans)
+    numbers = [d.image for d in decisions]
+    assert numbers == sorted(set(numbers)) and numbers[-1] <= images
+    for run in runs:
+        assert run.model_ids[schema.MODEL_POLICY] == "heuristic", run.plan_name
+        assert run.model_ids[schema.MODEL_ASSESSOR].startswith("tipnet-")

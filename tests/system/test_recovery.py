@@ -2,7 +2,7 @@
 again on its ports, and the session pauses and resumes by itself; (b) the tip loses contact
 and crashes (``Sim:Fault``), and the contact suspender approaches again; (c) the session's
 Python process (``spm-bluesky run``) is stopped with Ctrl-C, then killed, and the session is
-resumed from Tiled each time."""
+resumed from the journal and Tiled each time."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 from caproto.sync.client import write
 
-from spm_bluesky.autonomy.state import rebuild, stream_table
+from spm_bluesky.autonomy.state import rebuild
 from spm_bluesky.ml.agent.policies import HeuristicPolicy
 from spm_bluesky.ml.assessor import load_assessor
 from spm_bluesky.plans.autonomous import autonomous_session
 from spm_bluesky.services.launch import UpOptions, down, up
-from spm_bluesky.storage.tiled import connect, read_image_stream, runs_by_session
+from spm_bluesky.storage import StoredRun, connect, read_image_stream, runs_by_session
+from spm_bluesky.storage.journal import journal_dir
+from spm_bluesky.storage.journal_runs import journal_runs
 from tests.system.test_autonomous_ioc import make_rig
 from tests.system.test_chain import ServedFrames
 
@@ -78,8 +80,8 @@ def test_ioc_killed_and_restarted_mid_session_pauses_and_resumes(start_ioc, rest
 
     # The outage is on record, in the run that was interrupted.
     runs = list(runs_by_session(client, session).values())
-    faults = [row for run in runs for row in stream_table(run, "fault").itertuples()]
-    assert [f.fault_kind for f in faults] == ["ioc_disconnect"]
+    faults = [fault for run in runs for fault in StoredRun(run).faults()]
+    assert [f.kind for f in faults] == ["ioc_disconnect"]
     assert all(run.metadata["stop"]["exit_status"] == "success" for run in runs)
 
     # No image lost or duplicated: Tiled holds exactly the session's images, each one an
@@ -122,13 +124,13 @@ def test_lost_contact_and_crash_suspend_the_session_and_are_recovered(start_ioc,
     assert summary["images"] >= 80 and summary["crashes"] == 1
 
     runs = list(runs_by_session(client, session).values())
-    recorded = [row for run in runs for row in stream_table(run, "fault").itertuples()]
-    assert [f.fault_kind for f in recorded] == ["lost_contact", "crash"]
+    recorded = [fault for run in runs for fault in StoredRun(run).faults()]
+    assert [f.kind for f in recorded] == ["lost_contact", "crash"]
     crash = recorded[1]
-    assert crash.fault_radius == pytest.approx(150e-9)
+    assert crash.radius == pytest.approx(150e-9)
     state = rebuild(client, session)
     assert state.crashes == 1 and state.images == summary["images"]
-    assert not state.mask.is_free(crash.fault_x + 140e-9, crash.fault_y)  # the crash disc
+    assert not state.mask.is_free(crash.x + 140e-9, crash.y)  # the crash disc
     # Every stored image was served, none twice; at most the frame in flight at each fault
     # (flat, taken again after the approach) is not stored.
     stored = [image.astype(np.float32).tobytes() for image in session_images(client, session)]
@@ -162,10 +164,8 @@ def scanned_cells(runs) -> set[tuple[int, float, float]]:
     """(area, x, y) of every frame the runs hold."""
     cells = set()
     for run in runs:
-        primary = stream_table(run, "primary")
-        if "stm_scan_center_x" in primary:
-            cells |= set(zip(primary["stm_scan_area_index"], primary["stm_scan_center_x"],
-                             primary["stm_scan_center_y"], strict=True))
+        if run.metadata["start"]["plan_name"] in ("autonomous_scan", "condition_tip"):
+            cells |= {(frame.area, frame.x, frame.y) for frame in StoredRun(run).frames()}
     return cells
 
 
@@ -196,26 +196,35 @@ def test_stopped_and_killed_session_resumes_from_tiled_without_rescanning(tmp_pa
         stopped = rebuild(client, session)
         assert stopped.images == len(scanned_cells(runs)) >= 40
 
-        # SIGKILL of the resumed process: the run in flight is lost, the rest is in Tiled.
+        # SIGKILL of the resumed process: every document it emitted is in the journal,
+        # the run in flight included (Tiled may lag behind).
         second = run_cli("--images", "2000", "--resume", session, data_dir=data_dir,
                          log=tmp_path / "second.log")
         assert session_of(tmp_path / "second.log", second) == session
         wait_for_runs(client, session, 1, 2, second)
         second.send_signal(signal.SIGKILL)
         second.wait(30)
-        used = scanned_cells(runs_by_session(client, session).values())
-        kept = rebuild(client, session)
+        journal = journal_dir(data_dir)
+        journaled = journal_runs(journal, session)
+        assert any(run.stop is None for run in journaled)  # the run in flight, left open
+        used = {(f.area, f.x, f.y) for run in journaled for f in run.frames()}
+        kept = rebuild(client, session, journal=journal)
         assert kept.images == len(used) >= stopped.images + 40
 
-        # Resumed again from Tiled: it goes on where Tiled says, never on a used cell.
+        # Resumed again from the journal and Tiled: it goes on where they say, never on a
+        # used cell, and the run the kill left open is closed as aborted.
         third = run_cli("--images", str(kept.images + 60), "--resume", session,
                         data_dir=data_dir, log=tmp_path / "third.log")
         third.wait(300)
         out = (tmp_path / "third.log").read_text()
         assert third.returncode == 0, out
         assert f"resuming {session}" in out and f"images={kept.images + 60}" in out
-        after = [r for r in runs_by_session(client, session).values()
-                 if r.metadata["start"]["autonomy"]["resumed"] == 2]
+        runs = list(runs_by_session(client, session).values())
+        assert all("stop" in r.metadata for r in runs)  # no run left open
+        aborted = [r for r in runs if r.metadata["stop"]["exit_status"] == "abort"]
+        assert len(aborted) == 1 and "left open" in aborted[0].metadata["stop"]["reason"]
+        assert scanned_cells(runs) >= used  # Tiled now holds what the kill cut off
+        after = [r for r in runs if r.metadata["start"]["autonomy"]["resumed"] == 2]
         new_cells = scanned_cells(after)
         assert len(new_cells) == 60
         assert not new_cells & used  # no used cell scanned again

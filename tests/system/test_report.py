@@ -17,10 +17,11 @@ from ophyd_async.core import init_devices
 from spm_bluesky.autonomy.writer import session_writer
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain.actions import ACTIONS, ACTIONS_BY_NAME
-from spm_bluesky.evaluation.session import OracleSessionPolicy, TruthReader
+from spm_bluesky.evaluation.twin_pvs import TruthReader
+from spm_bluesky.ml.agent.policies import policy_by_name
 from spm_bluesky.ml.assessor.assessor import load_assessor
 from spm_bluesky.plans.autonomous import autonomous_session
-from spm_bluesky.protocols import CLASSES, Assessment, Decision
+from spm_bluesky.protocols import CLASSES, Assessment, Decision, Policy
 from spm_bluesky.report import (
     PART_TITLES,
     SessionNotFound,
@@ -29,10 +30,10 @@ from spm_bluesky.report import (
     fetch_images,
     load_session,
     overview_figure,
-    replay_session,
+    reassess_session,
     yield_figures,
 )
-from spm_bluesky.storage.tiled import connect, replay, runs_by_session
+from spm_bluesky.storage import connect, feed_documents, runs_by_session
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ class StallFirst:
 
     name = "stall-then-oracle"
 
-    def __init__(self, oracle: OracleSessionPolicy) -> None:
+    def __init__(self, oracle: Policy) -> None:
         self.oracle, self.episodes = oracle, 0
 
     def reset(self, seed: int | None = None) -> None:
@@ -80,7 +81,7 @@ def session(_ioc_launcher, tiled_server) -> SessionRecord:
         RE(bps.trigger(stm.sim.degrade, wait=True))
         uid = f"report-{uuid.uuid4().hex[:8]}"
         truth = TruthReader(ioc.prefix)
-        policy = StallFirst(OracleSessionPolicy(truth))
+        policy = StallFirst(policy_by_name("oracle", truth=truth))
         result = RE(autonomous_session(stm, load_assessor(), policy, hours=HOURS,
                                        session_uid=uid, max_actions=MAX_ACTIONS))
         truth.close()
@@ -97,7 +98,7 @@ def stored(session):
 
 
 def independent_counts(client, uid: str) -> dict[str, int]:
-    """Counts from the runs' documents (``replay``), not from the report's table reader."""
+    """Counts from the runs' documents (``feed_documents``), not from the report's table reader."""
     counts = dict(images=0, kept=0, actions=0, episodes=0, area_moves=0, runs=0)
     for run in runs_by_session(client, uid).values():
         counts["runs"] += 1
@@ -116,7 +117,7 @@ def independent_counts(client, uid: str) -> dict[str, int]:
                                    and doc["data"]["decision-verdict"] == "kept")
                 counts["actions"] += stream == "action"
 
-        replay(run, count)
+        feed_documents(run, count)
     return counts
 
 
@@ -214,7 +215,7 @@ class Pessimist:
 
 
 def test_replay_with_a_pessimist_rejects_every_kept_image(session):
-    other = replay_session(session.client(), session.uid, Pessimist())
+    other = reassess_session(session.client(), session.uid, Pessimist())
     stats = other.summary()
     assert stats["kept_stored"] == session.summary["good_images"] > 0
     assert stats["kept_new"] == 0 and stats["kept_to_rejected"] == stats["kept_stored"]
@@ -223,12 +224,13 @@ def test_replay_with_a_pessimist_rejects_every_kept_image(session):
     assert "| kept | " in table and "pessimist" in table and "-> bad" in table
 
 
-def test_report_list_and_replay_commands(session, capsys):
+def test_report_list_and_replay_commands(session, capsys, monkeypatch):
     """``replay`` with the model the session used: every verdict stays."""
     from spm_bluesky.commandline.main import main
     from spm_bluesky.ml.card import WEIGHTS
 
-    where = ["--tiled-uri", session.uri, "--api-key", session.api_key]
+    monkeypatch.setenv("SPM_TILED_API_KEY", session.api_key)  # never on the command line
+    where = ["--tiled-uri", session.uri]
     assert main(["report", "--list", *where]) == 0
     assert session.uid in capsys.readouterr().out
     assert main(["report", "no-such-session", *where]) == 1

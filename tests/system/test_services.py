@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from spm_bluesky.services.epics_env import free_port
-from spm_bluesky.storage.tiled import connect
+from spm_bluesky.services.launch import ServiceError, UpOptions, up
+from spm_bluesky.storage import connect
 from tests.session_helpers import clean_env, kill_leftovers, processes_in, read_state, spm
 
 pytestmark = pytest.mark.integration
@@ -60,8 +61,11 @@ def test_commands_say_when_nothing_is_up(data_dir: Path) -> None:
     assert "spm-bluesky up" in status.stdout
     down = spm("down", "--data-dir", data_dir)
     assert down.returncode == 0 and "nothing to stop" in down.stdout
-    shell = spm("shell", "--data-dir", data_dir)
-    assert shell.returncode == 1 and "no services are up" in shell.stderr
+    # `shell` opens anyway, with a warning; the profile says what is missing.
+    shell = spm("shell", "--data-dir", data_dir, "--", "-c", "print('OPE' + 'NED')")
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stderr.startswith("spm-bluesky shell: warning: no services are up")
+    assert "OPENED" in shell.stdout and "Traceback" not in shell.stdout + shell.stderr
 
 
 def test_up_status_down(data_dir: Path) -> None:
@@ -93,7 +97,7 @@ def test_up_status_down(data_dir: Path) -> None:
     assert again.returncode == 0 and "already up" in again.stdout
     assert read_state(data_dir)["ioc"]["pid"] == ioc_pid
 
-    # A service that died is reported, and `up` refuses to start beside the survivor.
+    # A service that died is reported, and `up` starts it again alone: same port, same key.
     psutil.Process(tiled_pid).kill()
     assert _wait_gone(tiled_pid)
     status = spm("status", "--data-dir", data_dir)
@@ -101,8 +105,17 @@ def test_up_status_down(data_dir: Path) -> None:
     lines = status.stdout.splitlines()
     assert any(line.split()[:3] == ["ioc", "running,", "answering"] for line in lines)
     assert any(line.split()[:2] == ["tiled", "NOT"] for line in lines), status.stdout
-    refused = spm("up", "--data-dir", data_dir)
-    assert refused.returncode == 1 and "spm-bluesky down" in refused.stderr
+    assert "down: tiled;" in status.stdout
+    restarted = spm("up", "--data-dir", data_dir)
+    assert restarted.returncode == 0, restarted.stderr
+    again_state = read_state(data_dir)
+    assert again_state["ioc"]["pid"] == ioc_pid  # the IOC was left alone
+    assert again_state["tiled"]["pid"] != tiled_pid
+    assert again_state["tiled_uri"] == state["tiled_uri"]
+    assert again_state["api_key"] == state["api_key"]
+    assert len(connect(state["tiled_uri"], state["api_key"])) == 0
+    assert spm("status", "--data-dir", data_dir).returncode == 0
+    tiled_pid = again_state["tiled"]["pid"]
 
     down = spm("down", "--data-dir", data_dir)
     assert down.returncode == 0, down.stderr
@@ -129,10 +142,15 @@ def test_taken_port_is_refused_before_anything_starts(data_dir: Path, option: st
 
 
 def test_ioc_that_does_not_start_is_reported_with_its_log(data_dir: Path) -> None:
-    up = spm("up", "--data-dir", data_dir, "--time-scale", "-1")
-    assert up.returncode == 1
-    assert "the IOC did not start" in up.stderr
-    assert "End of its log" in up.stderr and "time-scale" in up.stderr  # the IOC's own error
+    # The command line refuses the bad value itself; the library passes it to the IOC.
+    refused = spm("up", "--data-dir", data_dir, "--time-scale", "-1")
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert not data_dir.exists()
+    with pytest.raises(ServiceError) as failed:
+        up(UpOptions(data_dir=data_dir, time_scale=-1))
+    message = str(failed.value)
+    assert "the IOC did not start" in message
+    assert "End of its log" in message and "time-scale" in message  # the IOC's own error
     assert not (data_dir / "services.json").exists()
     assert processes_in(data_dir) == []
 

@@ -36,21 +36,23 @@ from ophyd import Signal
 from ophyd_async.core import AsyncStatus, init_devices, soft_signal_rw
 
 from spm_bluesky.devices.sim_detector import SoftImageDetector
-from spm_bluesky.storage.tiled import (
+from spm_bluesky.storage import (
     TiledConfig,
     TiledServer,
     TiledServerError,
     connect,
     dedupe_events,
+    feed_documents,
     load_backup,
     load_or_create_api_key,
     make_writer,
     read_image_stream,
-    replay,
     runs_by_session,
-    server_environment,
     start_server,
     subscribe_writer,
+)
+from spm_bluesky.storage.server import (
+    server_environment,
     tiled_service_config,
     write_tiled_config,
 )
@@ -103,7 +105,8 @@ def test_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(TiledServerError, match=f"127.0.0.1:{port}: the port is taken"):
+        with pytest.raises(TiledServerError,
+                           match=rf"port {port} \(TCP\) on 127.0.0.1 is taken"):
             start_server(TiledConfig(tmp_path, port=port))
 
 
@@ -244,10 +247,10 @@ def _by_stream(docs: Docs) -> dict[str, dict[int, dict[str, Any]]]:
 
 
 @pytest.mark.integration
-def test_replay_sees_the_live_events(recorded: Recorded, tiled_client) -> None:
+def test_fed_documents_are_the_live_events(recorded: Recorded, tiled_client) -> None:
     uid = recorded.uids[0]
     got: Docs = []
-    result = replay(tiled_client[uid], lambda name, doc: got.append((name, doc)))
+    result = feed_documents(tiled_client[uid], lambda name, doc: got.append((name, doc)))
     live = recorded.live[uid]
     assert [n for n, _ in got if n != "event"] == ["start", "descriptor", "descriptor", "stop"]
     assert result.delivered["event"] == sum(1 for n, _ in live if n == "event") == 6
@@ -345,7 +348,7 @@ import os
 import bluesky.plans as bp
 from bluesky import RunEngine
 from ophyd_async.core import init_devices
-from spm_bluesky.storage.tiled import connect, subscribe_writer
+from spm_bluesky.storage import connect, subscribe_writer
 from spm_bluesky.devices.sim_detector import SoftImageDetector
 
 RE = RunEngine({})
@@ -471,7 +474,7 @@ def test_suspender_retakes_are_deduplicated(tiled_client) -> None:
     assert list(stack.seq_num) == [1, 2, 3, 4]
     assert list(stack.images[:, 0, 0]) == expected
     got: Docs = []
-    result = replay(run, lambda name, doc: got.append((name, doc)))
+    result = feed_documents(run, lambda name, doc: got.append((name, doc)))
     assert [d["seq_num"] for n, d in got if n == "event"] == [1, 2, 3, 4]
     assert [d["data"]["det-image"][0][0] for n, d in got if n == "event"] == expected
     assert result.frames_repaired > 0  # run.documents() alone pairs these frames wrongly
@@ -496,7 +499,7 @@ def test_postgresql_catalog_end_to_end(
         stack = read_image_stream(client[uid], "det-image")
         np.testing.assert_array_equal(stack.images, live_images(live))
         got: Docs = []
-        replay(client[uid], lambda name, doc: got.append((name, doc)))
+        feed_documents(client[uid], lambda name, doc: got.append((name, doc)))
         assert [n for n, _ in got] == ["start", "descriptor", "event", "event", "stop"]
     assert not (tmp_path / "catalog.db").exists() and not (tmp_path / "tables.sqlite").exists()
     database = postgres_uri.rsplit("/", 1)[1]

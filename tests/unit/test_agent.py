@@ -19,18 +19,18 @@ from spm_bluesky.ml.agent.dqn import (
     augmentations,
     load_agent,
     masked_argmax,
-    serialise,
 )
 from spm_bluesky.ml.agent.env import ConditioningEnv, EnvConfig, episode_seed
 from spm_bluesky.ml.agent.evaluation import (
-    OraclePolicy,
     baseline_factories,
     evaluate,
     goals,
+    oracle_for,
     run_episode,
     write_json,
 )
 from spm_bluesky.ml.agent.policies import ESCALATION, HeuristicPolicy, RandomPolicy
+from spm_bluesky.ml.assessor.assessor import serialise
 from spm_bluesky.protocols import CLASSES, Assessment, encode_history
 from spm_bluesky.twin.tip import TipClass
 
@@ -117,7 +117,7 @@ def test_env_episode_invariants_reward_and_masking():
             env.step(int(masked[0]))
     spots = set()
     total, steps, terminated, truncated = 0.0, 0, False, False
-    oracle = OraclePolicy(env)
+    oracle = oracle_for(env)
     while not (terminated or truncated):
         decision = oracle.act(obs, info["action_mask"])
         assert info["action_mask"][decision.action]
@@ -201,7 +201,7 @@ def test_harness_same_episodes_for_every_policy_and_json_shape(tmp_path):
     first = [env.reset(seed=episode_seed(3, 0, 1))[0]["image"] for _ in range(2)]
     np.testing.assert_array_equal(*first)
     assessor.env = env
-    result = run_episode(env, OraclePolicy(env), episode_seed(3, 0, 1))
+    result = run_episode(env, oracle_for(env), episode_seed(3, 0, 1))
     assert result.success and result.bad_images >= 1
 
 
@@ -334,3 +334,57 @@ def test_shipped_agent_matches_its_card_and_the_shipped_assessor():
     assert card["assessor"]["model_id"] == load_assessor().model_id
     assert all(goal["met"] for goal in card["held_out"]["goals"].values())
     assert card["held_out"]["report"]["episodes"] == 500
+
+
+# -- the registry of policies by name -----------------------------------------------------
+
+
+def test_policies_are_looked_up_by_name_in_one_registry(tmp_path):
+    from spm_bluesky.ml.agent.policies import (
+        INSTRUMENT_POLICIES,
+        POLICY_NAMES,
+        MissingAgentError,
+        OraclePolicy,
+        policy_by_name,
+    )
+    from spm_bluesky.protocols import Policy
+
+    assert set(INSTRUMENT_POLICIES) < set(POLICY_NAMES)
+    assert isinstance(policy_by_name("random", seed=3), RandomPolicy)
+    assert isinstance(policy_by_name("heuristic"), HeuristicPolicy)
+    agent = policy_by_name("agent")
+    assert isinstance(agent, DQNAgent) and agent.model_id == load_agent().model_id
+    oracle = policy_by_name("oracle", truth=lambda: "blunt")
+    assert isinstance(oracle, OraclePolicy) and oracle.model_id == "oracle:Sim:TipState"
+    for name in POLICY_NAMES:
+        made = policy_by_name(name, truth=lambda: "good")
+        assert isinstance(made, Policy) and made.name == name
+    # Same seed, same choices: the random policy is seeded through the registry.
+    mask = np.ones(len(ACTIONS), dtype=bool)
+    first, second = policy_by_name("random", seed=5), policy_by_name("random", seed=5)
+    assert [first.act({}, mask).action for _ in range(8)] == \
+        [second.act({}, mask).action for _ in range(8)]
+    with pytest.raises(ValueError, match="evaluation only"):
+        policy_by_name("oracle")
+    with pytest.raises(ValueError, match="unknown policy"):
+        policy_by_name("greedy")
+    with pytest.raises(MissingAgentError, match="no weight file"):
+        policy_by_name("agent", agent=tmp_path / "none.pt")
+
+
+def test_the_oracle_from_a_label_acts_as_the_oracle_of_that_single_defect():
+    """One oracle, two sources of truth: the env's tip state and the twin's true class."""
+    from spm_bluesky.ml.agent.policies import OraclePolicy
+    from spm_bluesky.twin.config import TipConfig
+    from spm_bluesky.twin.tip import add_defect, good_tip
+
+    config = TipConfig()
+    mask = np.ones(len(ACTIONS), dtype=bool)
+    for tip_class in TipClass:
+        rng = np.random.default_rng(0)
+        state = good_tip(rng, config)
+        if tip_class is not TipClass.GOOD:
+            state = add_defect(state, tip_class, rng, config)
+        by_state = OraclePolicy(lambda state=state: state, config).act({}, mask)
+        by_label = OraclePolicy.from_label(lambda c=tip_class: c.value).act({}, mask)
+        assert by_state == by_label

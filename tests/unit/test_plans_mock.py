@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 
+import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 from bluesky_queueserver.manager import profile_ops
@@ -500,3 +501,120 @@ def test_plans_suit_the_queueserver(RE, stm):
     ok, message = profile_ops.validate_plan({"name": "survey", "args": ["stm", "three"]},
                                             allowed_plans=plans, allowed_devices=devices)
     assert not ok and "n_images" in message
+
+
+# -- the area mask between plans, and its file -------------------------------------------
+
+
+class ConstantAssessor:
+    """Says every image is bad: enough for plans that check their arguments."""
+
+    model_id = "constant"
+
+    def assess(self, image_m, scan_size_m):
+        from spm_bluesky.protocols import CLASSES, Assessment
+
+        return Assessment({c: float(c == "blunt") for c in CLASSES}, self.model_id)
+
+
+def _with_mask_path(path: str):
+    from spm_bluesky.ml.agent.policies import HeuristicPolicy
+    from spm_bluesky.plans.autonomous import autonomous_session
+    from spm_bluesky.plans.episode import condition_tip
+
+    return {
+        "survey": lambda s: survey(s, 2, mask_path=path),
+        "tip_action": lambda s: tip_action(s, "pulse_+4.0V", 0.0, 0.0, mask_path=path),
+        "move_area": lambda s: move_area(s, mask_path=path),
+        "condition_tip": lambda s: condition_tip(s, HeuristicPolicy(), ConstantAssessor(),
+                                                 mask_path=path),
+        "autonomous_session": lambda s: autonomous_session(
+            s, ConstantAssessor(), HeuristicPolicy(), images=2, mask_path=path),
+    }
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
+@pytest.mark.parametrize("plan", list(_with_mask_path("x")))
+def test_an_unwritable_mask_file_is_refused_before_the_instrument_acts(RE, docs, stm,
+                                                                       tmp_path, plan, where):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the mask's folder should be")
+    path = str(blocker / "mask.json") if where == "under a file" else str(tmp_path)
+    with pytest.raises(ValueError, match="cannot be written"):
+        RE(_with_mask_path(path)[plan](stm))
+    assert not docs, "no run may start"
+    for signal_path, signal in writable(stm).items():
+        assert not get_mock_put(signal).called, f"{signal_path} was written"
+    assert RE(bps.rd(stm.tip.action_counter)).plan_result == 0  # no pulse, no dip
+
+
+def test_a_mask_file_in_a_new_folder_is_accepted(RE, stm, tmp_path):
+    path = tmp_path / "new" / "deeper" / "mask.json"
+    RE(survey(stm, 2, mask_path=str(path)))
+    assert AreaMask.load(path).free_cells == 85 * 85 - 2
+
+
+def test_the_mask_passes_between_plans_in_memory(RE, docs, stm, tmp_path):
+    mask = AreaMask()
+    RE(survey(stm, 3, mask=mask))
+    assert mask.free_cells == 85 * 85 - 3
+    first = [(e["data"]["stm-scan-center_x"], e["data"]["stm-scan-center_y"])
+             for e in events(docs)]
+    assert mask.position == first[-1]
+    # The action's forbidden disc lands in the same mask, and the next survey avoids it.
+    action = ACTIONS_BY_NAME["pulse_+4.0V"]
+    spot = (-20e-9, 0.0)
+    RE(tip_action(stm, action.name, *spot, mask=mask))
+    assert not mask.is_free(*spot) and mask.position == spot
+    blocked = 85 * 85 - mask.free_cells
+    assert blocked > 3
+    docs.clear()
+    RE(survey(stm, 2, mask=mask))
+    for event in events(docs):
+        x, y = event["data"]["stm-scan-center_x"], event["data"]["stm-scan-center_y"]
+        assert math.hypot(x - spot[0], y - spot[1]) > action.forbidden_radius
+        assert (x, y) not in first
+    assert not (tmp_path / "mask.json").exists()  # no file unless asked for
+
+
+def test_a_mask_of_another_area_starts_afresh(RE, stm):
+    mask = AreaMask(area_index=7)
+    mask.block_disc(0.0, 0.0, 100e-9)
+    RE(survey(stm, 1, mask=mask))
+    assert mask.area_index == 0 and mask.free_cells == 85 * 85 - 1
+
+
+def test_named_autonomous_session_suits_the_queueserver(RE, stm):
+    """The profile's autonomous_session takes the assessor and policy by name."""
+    from spm_bluesky.services.queue_plans import autonomous_session
+
+    nspace = {"stm": stm, "autonomous_session": autonomous_session}
+    plans, devices, _, _ = profile_ops.existing_plans_and_devices_from_nspace(nspace=nspace)
+    annotations = {p["name"]: p.get("annotation", {}).get("type")
+                   for p in plans["autonomous_session"]["parameters"]}
+    assert annotations["assessor"] == annotations["policy"] == "str"
+    assert annotations["images"] == "int | None" and "resume_state" not in annotations
+    good = {"name": "autonomous_session", "args": ["stm"],
+            "kwargs": {"assessor": "shipped", "policy": "heuristic", "images": 5}}
+    assert profile_ops.validate_plan(good, allowed_plans=plans,
+                                     allowed_devices=devices) == (True, "")
+    for kwargs, message in (({"images": "five"}, "images"), ({"nonsense": 1}, "nonsense")):
+        ok, why = profile_ops.validate_plan(
+            {"name": "autonomous_session", "args": ["stm"], "kwargs": kwargs},
+            allowed_plans=plans, allowed_devices=devices)
+        assert not ok and message in why
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"policy": "oracle"}, ValueError, "policy="),
+    ({"policy": "nosuch"}, ValueError, "policy="),
+    ({"assessor": "/no/such/weights.pt"}, FileNotFoundError, "weights"),
+])
+def test_named_autonomous_session_refuses_bad_names_before_any_write(RE, docs, stm, kwargs,
+                                                                     error, message):
+    from spm_bluesky.services.queue_plans import autonomous_session
+
+    with pytest.raises(error, match=message):
+        RE(autonomous_session(stm, images=2, **kwargs))
+    assert not docs
+    assert not any(get_mock_put(s).called for s in writable(stm).values())

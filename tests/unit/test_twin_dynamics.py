@@ -195,10 +195,11 @@ def test_out_of_limit_requests_are_refused_and_change_nothing(call):
     assert before == after
 
 
-def test_readme_lists_the_tip_dynamics_as_implemented():
+def test_docs_list_the_tip_dynamics_as_implemented():
     from pathlib import Path
 
     from spm_bluesky.twin.tip import dynamics_table
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert dynamics_table(ACTIONS) in readme
+    reference = (Path(__file__).parents[2] / "docs" / "reference" / "twin.md").read_text()
+    assert dynamics_table(ACTIONS) in reference, (
+        "regenerate the table in docs/reference/twin.md: spm_bluesky.twin.tip.dynamics_table")

@@ -15,7 +15,6 @@ DeepSPM (gamma 0.95, Adam 5e-4, batch 64, 15,000 entries, 2,000 before learning)
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from torch import nn
 
 from spm_bluesky.domain.actions import ACTIONS
 from spm_bluesky.ml.assessor.model import TipNet
-from spm_bluesky.ml.card import WEIGHTS_DIR
+from spm_bluesky.ml.card import WEIGHTS_DIR, model_id_for
 from spm_bluesky.protocols import CLASSES, HISTORY, Decision
 
 #: The shipped agent weights and their card.
@@ -153,18 +152,6 @@ class DQNAgent:
         return Decision(int(np.argmax(values)), values)
 
 
-def model_id_for(data: bytes) -> str:
-    """Provenance id of a weight file: the model name and its sha256 prefix."""
-    return f"{MODEL_NAME}-{hashlib.sha256(data).hexdigest()[:12]}"
-
-
-def serialise(net: AgentNet) -> bytes:
-    """The state_dict as ``torch.save`` bytes."""
-    buffer = io.BytesIO()
-    torch.save(net.state_dict(), buffer)
-    return buffer.getvalue()
-
-
 def load_agent(path: Path | str | None = None) -> DQNAgent:
     """The agent from a weight file (default: the shipped ``agent.pt``), read safely."""
     source = Path(path) if path is not None else AGENT_WEIGHTS
@@ -174,7 +161,7 @@ def load_agent(path: Path | str | None = None) -> DQNAgent:
     data = source.read_bytes()
     net = AgentNet()
     net.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-    return DQNAgent(net, model_id_for(data))
+    return DQNAgent(net, model_id_for(MODEL_NAME, data))
 
 
 # --- replay and learning -----------------------------------------------------------------
@@ -274,9 +261,9 @@ class Learner:
         self.updates += 1
         if self.updates % self.config.target_every == 0:
             self.target.load_state_dict(self.net.state_dict())
-        value = float(loss.detach())
-        self.losses.append(value)
-        return value
+        loss_value = float(loss.detach())
+        self.losses.append(loss_value)
+        return loss_value
 
     def observe(self, agent: DQNAgent, observation: dict[str, np.ndarray], action: int,
                 reward: float, next_observation: dict[str, np.ndarray], done: bool,
@@ -300,8 +287,8 @@ class Learner:
 
 
 @dataclass
-class TrainResult:
-    """What a training run produced."""
+class TrainedAgent:
+    """What an agent training run produced: the greedy agent and the run's figures."""
 
     agent: DQNAgent
     env_steps: int
@@ -325,7 +312,7 @@ def train_dqn(
     progress: bool = False,
     checkpoint: Callable[[int, DQNAgent], None] | None = None,
     checkpoint_every: int = 1000,
-) -> TrainResult:
+) -> TrainedAgent:
     """Train on ``env`` (a :class:`~.env.ConditioningEnv`) for ``config.env_steps`` steps.
 
     Episode ``k`` resets with seed ``seed_of(k)``. ``learner`` may come with a replay
@@ -373,9 +360,15 @@ def train_dqn(
     if bar is not None:
         bar.close()
     agent.epsilon = 0.0
-    return TrainResult(agent, steps, episodes, time.perf_counter() - start, returns)
+    return TrainedAgent(agent, steps, episodes, time.perf_counter() - start, returns)
 
 
 def config_dict(config: DQNConfig) -> dict[str, Any]:
     """The configuration as JSON-ready data."""
     return asdict(config)
+
+
+def set_threads(threads: int) -> None:
+    """Run torch on ``threads`` CPU threads: how fast training and evaluation go, not what
+    they give."""
+    torch.set_num_threads(threads)

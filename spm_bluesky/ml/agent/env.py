@@ -19,7 +19,7 @@ No torch here: the assessor is duck-typed (``assess(image_m, scan_size_m)``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -84,13 +84,15 @@ class ConditioningEnv(gym.Env[dict[str, np.ndarray], int]):
         self.assessor = assessor
         self.config = config or EnvConfig()
         n = processing.NETWORK_PIXELS
-        self.action_space = spaces.Discrete(len(ACTIONS))
-        self.observation_space = spaces.Dict({
+        # gymnasium's spaces are typed by their sample type (np.int64 here); the env acts on
+        # plain ints and dicts of arrays.
+        self.action_space = cast(spaces.Space[int], spaces.Discrete(len(ACTIONS)))
+        self.observation_space = cast(spaces.Space[dict[str, np.ndarray]], spaces.Dict({
             "image": spaces.Box(-1.5, 1.5, (n, n), np.float32),
             "probabilities": spaces.Box(0.0, 1.0, (len(CLASSES),), np.float32),
             "history": spaces.Box(0.0, 1.0, (history_size(self.config),), np.float32),
             "action_mask": spaces.MultiBinary(len(ACTIONS)),
-        })
+        }))
         self.instrument: Instrument | None = None
         self._mask: AreaMask | None = None
         self._last_image: np.ndarray | None = None

@@ -24,35 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from spm_bluesky.domain.actions import ACTIONS
 from spm_bluesky.ml.agent.env import ConditioningEnv, EnvConfig, episode_seed
-from spm_bluesky.ml.agent.policies import HeuristicPolicy, RandomPolicy
-from spm_bluesky.protocols import Assessor, Decision, Policy
-from spm_bluesky.twin.tip import TipClass, oracle_action
+from spm_bluesky.ml.agent.policies import HeuristicPolicy, OraclePolicy, RandomPolicy
+from spm_bluesky.protocols import Assessor, Policy
+from spm_bluesky.twin.tip import TipClass
 
 #: Held-out split of :func:`~.env.episode_seed`.
 EVAL_SPLIT = 1
-#: Issue 5's goals for the agent's mean actions, as ratios to each baseline.
+#: The goals for the agent's mean actions, as ratios to each baseline.
 GOAL_RATIOS: dict[str, float] = {"random": 0.5, "heuristic": 0.8, "oracle": 1.5}
 GOAL_SUCCESS = 0.98
 
 
-class OraclePolicy:
-    """Knows the true tip state: the optimal allowed action by value iteration."""
-
-    name = "oracle"
-
-    def __init__(self, env: ConditioningEnv) -> None:
-        self._env = env
-
-    def reset(self, seed: int | None = None) -> None:
-        """Nothing to reset: the oracle is deterministic."""
-
-    def act(self, observation: dict[str, np.ndarray], mask: np.ndarray) -> Decision:
-        """The allowed action with the fewest expected actions to a good tip."""
-        allowed = tuple(a for a, ok in zip(ACTIONS, mask, strict=True) if ok)
-        chosen = oracle_action(self._env.truth, allowed, self._env.config.twin.tip)
-        return Decision(ACTIONS.index(chosen))
+def oracle_for(env: ConditioningEnv) -> OraclePolicy:
+    """The oracle of ``env``: it reads the env's true tip state."""
+    return OraclePolicy(lambda: env.truth, env.config.twin.tip)
 
 
 @dataclass(frozen=True)
@@ -109,7 +95,7 @@ def baseline_factories(seed: int) -> dict[str, PolicyFactory]:
     return {
         "random": lambda env: RandomPolicy(seed),
         "heuristic": lambda env: HeuristicPolicy(),
-        "oracle": OraclePolicy,
+        "oracle": oracle_for,
     }
 
 
@@ -139,7 +125,7 @@ def evaluate(
 
 
 def goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Issue 5's goals, each with its value, goal and whether it is met."""
+    """The agent's goals, each with its value, goal and whether it is met."""
     policies = report["policies"]
     agent = policies["agent"]
     out: dict[str, dict[str, Any]] = {}
@@ -175,5 +161,5 @@ def write_json(report: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
 
-__all__ = ["Episode", "OraclePolicy", "evaluate", "format_report", "goals",
-           "run_episode", "summarise", "write_json"]
+__all__ = ["Episode", "evaluate", "format_report", "goals", "oracle_for", "run_episode",
+           "summarise", "write_json"]

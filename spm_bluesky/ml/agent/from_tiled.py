@@ -1,4 +1,4 @@
-"""Rebuilding the agent's replay buffer from conditioning runs stored in Tiled.
+"""Learning from stored operation: the agent's replay buffer filled from conditioning runs.
 
 A ``condition_tip`` run holds everything a transition needs: the images (``primary``), the
 assessor's class probabilities for each (``assessment``), and per step the action and the
@@ -6,28 +6,30 @@ mask it was chosen under (``action``). :func:`transitions_from_run` turns it bac
 transitions the agent lived through, with the same observations the live plan built
 (:func:`spm_bluesky.protocols.observation` over
 :func:`spm_bluesky.domain.processing.prepare`),
-so ``spm-bluesky train agent --from-tiled URI`` can learn from past operation.
+so ``spm-bluesky train agent --from-tiled URI`` can learn from past operation. The runs are
+read as records (:class:`~spm_bluesky.storage.StoredRun`): no data key is spelled here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from tiled.queries import Eq
+from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
+from tiled.client.container import Container
 
+from spm_bluesky import schema
 from spm_bluesky.domain import processing
 from spm_bluesky.domain.actions import ACTIONS, action_mask
 from spm_bluesky.ml.agent.dqn import DQNAgent, Learner, augmentations, extras_of
 from spm_bluesky.ml.agent.env import GOOD_REWARD, STEP_REWARD
 from spm_bluesky.protocols import CLASSES, HISTORY, observation
-from spm_bluesky.storage.tiled import replay
+from spm_bluesky.storage import StoredRun, runs_of_plan
 
-#: ``plan_name`` of the runs that hold conditioning episodes.
-PLAN_NAME = "condition_tip"
-IMAGE_FIELD = "stm-scan-image"
+#: Defaults of ``condition_tip`` for a run whose ``plan_args`` lack them.
+DEFAULT_SIZE = 10e-9
+DEFAULT_GOOD_THRESHOLD = 0.9
 
 
 @dataclass(frozen=True)
@@ -41,45 +43,25 @@ class Transition:
     terminated: bool
 
 
-def _stream_rows(run: Any) -> dict[str, dict[str, list[Any]]]:
-    """stream -> field -> values in seq_num order, de-duplicated (via ``storage.replay``)."""
-    streams: dict[str, str] = {}
-    rows: dict[str, dict[int, dict[str, Any]]] = {}
-
-    def collect(name: str, doc: dict[str, Any]) -> None:
-        if name == "descriptor":
-            streams[doc["uid"]] = doc["name"]
-        elif name == "event":
-            rows.setdefault(streams[doc["descriptor"]], {})[doc["seq_num"]] = doc["data"]
-
-    replay(run, collect)
-    out: dict[str, dict[str, list[Any]]] = {}
-    for stream, events in rows.items():
-        ordered = [events[s] for s in sorted(events)]
-        out[stream] = {key: [e[key] for e in ordered] for key in ordered[0]}
-    return out
-
-
-def transitions_from_run(run: Any) -> list[Transition]:
+def transitions_from_run(run: Container | StoredRun) -> list[Transition]:
     """The transitions of one stored ``condition_tip`` run (empty if it took no action)."""
-    start = run.metadata["start"]
-    if start.get("plan_name") != PLAN_NAME:
-        raise ValueError(f"run {start.get('uid')} is a {start.get('plan_name')!r} run, not "
-                         f"{PLAN_NAME!r}")
-    args = start.get("plan_args", {})
-    size = float(args.get("size", 10e-9))
-    threshold = float(args.get("good_threshold", 0.9))
-    streams = _stream_rows(run)
-    steps = streams.get("action")
+    stored = run if isinstance(run, StoredRun) else StoredRun(run)
+    if stored.plan_name != schema.CONDITION_TIP:
+        raise ValueError(f"run {stored.uid} is a {stored.plan_name!r} run, not "
+                         f"{schema.CONDITION_TIP!r}")
+    args = stored.metadata.get(schema.PLAN_ARGS, {})
+    size = float(args.get("size", DEFAULT_SIZE))
+    threshold = float(args.get("good_threshold", DEFAULT_GOOD_THRESHOLD))
+    steps = stored.steps(arrays=True)
     if not steps:
         return []
-    judged = streams["assessment"]
-    probabilities = np.array([judged[f"assessment-p_{c}"] for c in CLASSES], float).T
-    images = np.asarray(streams["primary"][IMAGE_FIELD], dtype=np.float64)
-    actions = [int(a) for a in steps["decision-action_index"]]
-    masks = [np.asarray(m, bool) for m in steps["decision-mask"]]
+    probabilities = np.array([[a.probabilities[c] for c in CLASSES]
+                              for a in stored.assessments()], float)
+    images = np.asarray(stored.images().images, dtype=np.float64)
+    actions = [step.action_index for step in steps]
+    masks = [np.asarray(step.mask, bool) for step in steps]
     if len(images) < len(actions) + 1 or len(probabilities) < len(actions) + 1:
-        raise ValueError(f"run {start['uid']} has {len(actions)} actions but only "
+        raise ValueError(f"run {stored.uid} has {len(actions)} actions but only "
                          f"{len(images)} images and {len(probabilities)} assessments")
     history: list[tuple[int, float]] = []
     observations = []
@@ -99,13 +81,11 @@ def transitions_from_run(run: Any) -> list[Transition]:
     return out
 
 
-def conditioning_runs(client: Any, session_uid: str | None = None) -> Iterator[Any]:
+def conditioning_runs(client: CatalogOfBlueskyRuns,
+                      session_uid: str | None = None) -> Iterator[StoredRun]:
     """Every stored ``condition_tip`` run (of one session, if given), oldest first."""
-    results = client.search(Eq("start.plan_name", PLAN_NAME))
-    if session_uid is not None:
-        results = results.search(Eq("start.session_uid", session_uid))
-    for _, run in results.sort(("start.time", 1)).items():
-        yield run
+    for run in runs_of_plan(client, schema.CONDITION_TIP, session_uid).values():
+        yield StoredRun(run)
 
 
 def fill_replay(learner: Learner, agent: DQNAgent, transitions: list[Transition]) -> int:

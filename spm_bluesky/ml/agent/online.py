@@ -17,15 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from spm_bluesky.ml.agent.dqn import (
-    DQNAgent,
-    DQNConfig,
-    Learner,
-    augmentations,
-    model_id_for,
-    serialise,
-)
+from spm_bluesky.ml.agent.dqn import MODEL_NAME, DQNAgent, DQNConfig, Learner, augmentations
 from spm_bluesky.ml.agent.env import GOOD_REWARD, STEP_REWARD
+from spm_bluesky.ml.assessor.assessor import serialise
+from spm_bluesky.ml.card import model_id_for
 from spm_bluesky.protocols import Decision
 
 
@@ -85,7 +80,7 @@ class OnlineAgent:
         partial = target.with_name(target.name + ".partial")
         partial.write_bytes(data)
         os.replace(partial, target)
-        return model_id_for(data)
+        return model_id_for(MODEL_NAME, data)
 
     def _store(self, observation: dict[str, np.ndarray], pooled: np.ndarray, reward: float,
                terminated: bool) -> None:

@@ -14,7 +14,6 @@ bigger frames are judged on their central 20 nm); the windows' opinions are comb
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,17 +25,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor.model import TipNet
-from spm_bluesky.ml.card import WEIGHTS
+from spm_bluesky.ml.card import SHIPPED, WEIGHTS, model_id_for
 from spm_bluesky.protocols import CLASSES, Assessment
 
 MODEL_NAME = "tipnet"
 #: Windows per forward pass (bounds memory on big batches).
 CHUNK = 256
-
-
-def model_id_for(weights: bytes) -> str:
-    """Provenance id of a weight file: the model name and its sha256 prefix."""
-    return f"{MODEL_NAME}-{hashlib.sha256(weights).hexdigest()[:12]}"
 
 
 def frame_scores(logits: np.ndarray, counts: Sequence[int]) -> np.ndarray:
@@ -72,7 +66,8 @@ def inference_copy(model: TipNet) -> TipNet:
         else:
             fused.append(layer)
     net.features = nn.Sequential(*fused)
-    return net.to(memory_format=torch.channels_last)
+    # torch's stubs lack Module.to's memory_format keyword (torch accepts it).
+    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def window_logits(model: TipNet, windows: np.ndarray) -> np.ndarray:
@@ -109,7 +104,9 @@ class TipNetAssessor:
     @property
     def temperature(self) -> float:
         """The calibration temperature fitted on the validation split."""
-        return float(self._model.temperature)
+        temperature = self._model.temperature
+        assert isinstance(temperature, torch.Tensor)  # a registered buffer
+        return float(temperature)
 
     def probabilities(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         """Calibrated probabilities ``(frames, 5)`` for prepared frames (each a
@@ -138,12 +135,15 @@ class TipNetAssessor:
         if isinstance(images, np.ndarray) and images.ndim == 2:
             raise ValueError("assess_batch expects several frames: use assess() for one image, "
                              "or pass a (n, px, px) stack")
-        probabilities = self.probabilities(processing.prepare_batch(images, scan_size_m))
+        sizes = list(scan_size_m) if isinstance(scan_size_m, Sequence) else scan_size_m
+        frames = images if isinstance(images, np.ndarray) else list(images)
+        probabilities = self.probabilities(processing.prepare_batch(frames, sizes))
         return [Assessment.from_vector(p, self._model_id) for p in probabilities]
 
 
-def serialise(model: TipNet) -> bytes:
-    """The state_dict as ``torch.save`` bytes, independent of the file name (reproducible)."""
+def serialise(model: nn.Module) -> bytes:
+    """A network's state_dict as ``torch.save`` bytes, independent of the file name
+    (reproducible): the weight file of the assessor and of the agent."""
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getvalue()
@@ -163,4 +163,10 @@ def load_assessor(path: Path | str | None = None) -> TipNetAssessor:
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     model = TipNet()
     model.load_state_dict(state)
-    return TipNetAssessor(model, model_id_for(data))
+    return TipNetAssessor(model, model_id_for(MODEL_NAME, data))
+
+
+def assessor_by_name(name: str) -> TipNetAssessor:
+    """The assessor named ``name``: ``"shipped"`` (the shipped weights) or a weight file's
+    path. For commands and plans that take the assessor as a string."""
+    return load_assessor(None if name == SHIPPED else name)

@@ -75,7 +75,8 @@ def augment_batch(images: list[np.ndarray], scan_sizes: np.ndarray, rng: np.rand
     stack = np.stack([random_window(np.asarray(im, np.float64), float(size), rng, aug, pixels)
                       for im, size in zip(images, scan_sizes, strict=True)])
     stack -= stack.mean(axis=(1, 2), keepdims=True)
-    stack *= np.exp(rng.uniform(*np.log(aug.contrast_log), (n, 1, 1)))
+    low, high = np.log(aug.contrast_log)
+    stack *= np.exp(rng.uniform(float(low), float(high), (n, 1, 1)))
     grid = (np.arange(pixels) + 0.5) / pixels - 0.5
     xx, yy = grid[None, None, :], grid[None, :, None]
     # The tilt is in height per frame edge: a 10 nm frame's slope times its size, roughly.

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -189,7 +190,8 @@ def render(seed: int, label: TipClass, rand: Randomisation) -> tuple[np.ndarray,
         terrace_width=_log_uniform(rng, rand.terrace_width_log),
     )
     height = _log_uniform(rng, rand.molecule_height_log)
-    sample = replace(sample, molecule_height=tuple(h * height for h in sample.molecule_height))
+    low, high = sample.molecule_height
+    sample = replace(sample, molecule_height=(low * height, high * height))
     base = NoiseConfig()
     noise_scale = _log_uniform(rng, rand.noise_log)
     noise = replace(
@@ -375,8 +377,9 @@ def write(dataset: Dataset, directory: Path | str) -> Path:
         for start in range(0, len(group.images), SHARD_SIZE):
             stop = start + SHARD_SIZE
             path = out / f"{dataset.manifest['split']}-{pixels:04d}px-{start // SHARD_SIZE:04d}.npz"
-            np.savez(path, images=group.images[start:stop],
-                     **{k: v[start:stop] for k, v in group.columns.items()})
+            arrays: dict[str, Any] = {"images": group.images[start:stop],
+                      **{k: v[start:stop] for k, v in group.columns.items()}}
+            np.savez(path, **arrays)
             shards.append({"file": path.name, "pixels": pixels,
                            "count": len(group.images[start:stop]), "sha256": _sha256(path)})
     manifest = {**dataset.manifest, "shards": shards}

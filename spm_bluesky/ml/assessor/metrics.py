@@ -16,7 +16,7 @@ import numpy as np
 from spm_bluesky.protocols import CLASSES, GOOD
 
 ECE_BINS = 15
-#: The goals of issue 4 on a fresh held-out twin set.
+#: The assessor's goals on a fresh held-out twin set.
 GOALS: dict[str, tuple[str, float]] = {
     "auc_good": (">=", 0.98),
     "accuracy_good": (">=", 0.95),
@@ -97,7 +97,7 @@ class Report:
     reliability_top_label: Reliability
 
     def goals(self) -> dict[str, dict[str, object]]:
-        """Each goal of issue 4 with the measured value and whether it is met."""
+        """Each of the assessor's goals with the measured value and whether it is met."""
         out: dict[str, dict[str, object]] = {}
         for name, (op, target) in GOALS.items():
             value = float(getattr(self, name))

@@ -23,9 +23,9 @@ from torch import nn
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor import data as ds
 from spm_bluesky.ml.assessor.assessor import (
+    MODEL_NAME,
     TipNetAssessor,
     frame_scores,
-    model_id_for,
     serialise,
     window_logits,
 )
@@ -33,7 +33,7 @@ from spm_bluesky.ml.assessor.augment import augment_batch
 from spm_bluesky.ml.assessor.config import TrainConfig
 from spm_bluesky.ml.assessor.evaluation import evaluate_on, held_out_randomisation
 from spm_bluesky.ml.assessor.model import STAGES, TipNet
-from spm_bluesky.ml.card import WEIGHTS, write_card
+from spm_bluesky.ml.card import WEIGHTS, model_id_for, write_card
 from spm_bluesky.protocols import CLASSES
 
 #: Batches smaller than this are skipped (batch norm needs a few samples).
@@ -52,7 +52,7 @@ NOTES = [
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainedAssessor:
     """Where the weights went, their id and the figures for the card."""
 
     weights: Path
@@ -104,7 +104,7 @@ def train(
     out: Path | str = WEIGHTS,
     data_dir: Path | str | None = None,
     progress: bool = True,
-) -> TrainResult:
+) -> TrainedAssessor:
     """Train, calibrate and evaluate the assessor; write the weights and the model card.
 
     ``out`` is the weight file; the card goes beside it (``<stem>.card.json`` and
@@ -121,7 +121,7 @@ def train(
 
 
 def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
-           progress: bool) -> TrainResult:
+           progress: bool) -> TrainedAssessor:
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -136,7 +136,8 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
     val_inputs = prepared(val_set)
     val_labels = val_set.column("label").astype(np.int64)
 
-    model = TipNet().to(memory_format=torch.channels_last)
+    # torch's stubs lack Module.to's memory_format keyword (torch accepts it).
+    model = TipNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -183,7 +184,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
     weights = serialise(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(weights)
-    model_id = model_id_for(weights)
+    model_id = model_id_for(MODEL_NAME, weights)
     train_seconds = time.perf_counter() - started
 
     held_out = ds.cached(ds.HELD_OUT, config.eval_base, config.eval_images, data_dir,
@@ -237,7 +238,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
         },
     }
     card_path = write_card(card, out)
-    return TrainResult(out, card_path, model_id, wall, temperature, val_nll)
+    return TrainedAssessor(out, card_path, model_id, wall, temperature, val_nll)
 
 
 def command_for(config: TrainConfig, out: Path) -> str:

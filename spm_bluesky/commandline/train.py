@@ -1,0 +1,185 @@
+"""``spm-bluesky train assessor`` and ``spm-bluesky train agent`` (torch loads on use).
+
+Both rewrite the shipped weights by default and write the model card beside them.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from spm_bluesky.commandline._catalog import Catalog, SessionLookupError, resolve_session
+from spm_bluesky.commandline._common import (
+    ApiKeyFile,
+    existing_file,
+    fail,
+    non_negative_int,
+    positive_int,
+)
+from spm_bluesky.ml.agent.card import CARD_EPISODES
+from spm_bluesky.ml.assessor.config import TrainConfig
+from spm_bluesky.ml.card import WEIGHTS, WEIGHTS_DIR
+from spm_bluesky.services.credentials import CredentialsError, tiled_api_key
+from spm_bluesky.services.launch import data_dir_from
+
+train_app = typer.Typer(no_args_is_help=True, help="Train a model from twin data.")
+_DEFAULTS = TrainConfig()
+
+
+@train_app.command("assessor")
+def train_assessor(
+    out: Path = typer.Option(WEIGHTS, help="weight file to write",
+                             show_default="the shipped assessor.pt"),
+    seed: int = typer.Option(_DEFAULTS.seed, parser=non_negative_int,
+                             help="seed of data, init and augmentation"),
+    images: int = typer.Option(_DEFAULTS.images, parser=positive_int,
+                               help="training images"),
+    epochs: int = typer.Option(_DEFAULTS.epochs, parser=positive_int, help="epochs"),
+    data: Path | None = typer.Option(
+        None, help="directory to keep the rendered sets in (.npz shards) and reuse",
+        show_default=False),
+    workers: int = typer.Option(_DEFAULTS.workers, parser=positive_int,
+                                help="processes rendering twin images"),
+) -> int:
+    """Train the CNN tip-quality assessor (rewrites the shipped weights).
+
+    Render twin images, train, calibrate and evaluate the assessor; write the weights and
+    their model card. The same seed gives the same weights.
+    """
+    from spm_bluesky.ml.assessor.training import train
+
+    config = TrainConfig(seed=seed, images=images, epochs=epochs, workers=workers)
+    result = train(config, out=out, data_dir=data, progress=True)
+    print(f"wrote {result.weights} ({result.model_id}), card {result.card}; "
+          f"temperature {result.temperature:.3f}; {result.wall_time_s:.0f} s")
+    return 0
+
+
+@train_app.command("agent")
+def train_agent(
+    out: Path = typer.Option(WEIGHTS_DIR / "agent.pt", help="weight file",
+                             show_default="the shipped agent.pt"),
+    assessor: Path = typer.Option(WEIGHTS, callback=existing_file, help="assessor weights",
+                                  show_default="the shipped assessor.pt"),
+    seed: int = typer.Option(0, parser=non_negative_int, help="seed"),
+    steps: int | None = typer.Option(
+        None, parser=non_negative_int, show_default=False,
+        help="twin environment steps (default: 20000; 0 with --from-tiled)"),
+    from_tiled: str | None = typer.Option(
+        None, metavar="URI", show_default=False,
+        help="go on from --weights with a replay buffer rebuilt from the condition_tip runs "
+             "stored at this Tiled URI"),
+    api_key_file: Path | None = ApiKeyFile,
+    session: str | None = typer.Option(
+        None, show_default=False,
+        help="with --from-tiled: only this session's runs (its uid or a unique prefix)"),
+    weights: Path | None = typer.Option(
+        None, callback=existing_file, show_default=False,
+        help="with --from-tiled: the agent to go on from (default: shipped)"),
+    updates: int = typer.Option(2000, parser=non_negative_int,
+                                help="with --from-tiled: updates on the stored transitions"),
+    eval_episodes: int = typer.Option(CARD_EPISODES, parser=positive_int,
+                                      help="held-out episodes for the card"),
+    eval_seed: int = typer.Option(1, parser=non_negative_int,
+                                  help="held-out seed for the card"),
+) -> int:
+    """Train the Double DQN conditioning agent (rewrites the shipped weights).
+
+    Train the agent on twin episodes, evaluate it against random, heuristic and oracle
+    policies, write the weights and their model card.
+    """
+    from spm_bluesky.ml.agent.card import AgentTraining, build_agent_card, write_agent_card
+    from spm_bluesky.ml.agent.dqn import MODEL_NAME, AgentNet, DQNConfig, config_dict, train_dqn
+    from spm_bluesky.ml.agent.env import ConditioningEnv, episode_seed
+    from spm_bluesky.ml.agent.evaluation import baseline_factories, evaluate, format_report, goals
+    from spm_bluesky.ml.assessor.assessor import load_assessor, serialise
+    from spm_bluesky.ml.card import model_id_for
+
+    api_key = None
+    if from_tiled:
+        try:
+            api_key = tiled_api_key(key_file=api_key_file, data_dir=data_dir_from(None),
+                                    uri=from_tiled)
+        except CredentialsError as err:
+            raise fail(str(err)) from None
+        if not api_key:
+            raise fail("--from-tiled needs the server's API key: --api-key-file or "
+                       "$SPM_TILED_API_KEY", 2)
+    model = load_assessor(assessor)
+    if steps is None:
+        steps = 0 if from_tiled else DQNConfig().env_steps
+    config = DQNConfig(seed=seed, env_steps=steps)
+    learner = None
+    if from_tiled and api_key:
+        net, learner, stored = _replay_from_tiled(from_tiled, api_key, session, weights,
+                                                  updates, config)
+        config = learner.config
+        source = f"{stored} stored transitions from {from_tiled}, then {steps} twin steps"
+    else:
+        net = AgentNet.from_assessor(assessor, seed)
+        source = "twin episodes from degraded tips (DeepSPM training mode)"
+    result = train_dqn(ConditioningEnv(model), net, config,
+                       lambda k: episode_seed(seed, k, 0), learner, progress=True)
+    data = serialise(net)
+    out.write_bytes(data)
+    model_id = model_id_for(MODEL_NAME, data)
+    result.agent.model_id = model_id
+    print(f"wrote {out} ({model_id}); {result.env_steps} env steps, {result.episodes} "
+          f"episodes, {result.wall_time_s:.0f} s")
+    report = evaluate(model, {"agent": lambda env: result.agent,
+                              **baseline_factories(eval_seed)},
+                      eval_episodes, eval_seed, progress=True)
+    print(format_report(report))
+    training = AgentTraining(seed=seed, steps=steps, eval_episodes=eval_episodes,
+                             eval_seed=eval_seed, source=source, from_tiled=from_tiled)
+    card = build_agent_card(
+        weights=out, data=data, model_id=model_id, assessor_file=assessor.name,
+        assessor_model_id=model.model_id, training=training, config=config_dict(config),
+        env_steps=result.env_steps, episodes=result.episodes,
+        wall_time_s=result.wall_time_s, threads=config.threads, report=report,
+        goals=goals(report))
+    write_agent_card(card, out)
+    return 0
+
+
+def _replay_from_tiled(uri: str, api_key: str, session: str | None, weights: Path | None,
+                       updates: int, config: Any) -> tuple[Any, Any, int]:
+    """The agent to go on from, its learner with the stored transitions, and how many.
+
+    Learning starts as soon as the stored transitions are in (``learning_starts`` is the
+    buffer size), then ``updates`` gradient steps are taken on them alone; twin steps
+    after that explore no more than the trained agent would.
+    """
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from spm_bluesky.ml.agent.dqn import Learner, load_agent
+    from spm_bluesky.ml.agent.from_tiled import conditioning_runs, fill_replay, transitions_from_run
+    from spm_bluesky.storage import connect
+
+    agent = load_agent(weights)
+    client = connect(uri, api_key)
+    if session:
+        try:
+            session = resolve_session(Catalog(client, f"Tiled at {uri}", f" --tiled-uri {uri}"),
+                                      session)
+        except SessionLookupError as err:
+            raise fail(str(err)) from None
+    transitions = []
+    for run in tqdm(list(conditioning_runs(client, session)), desc="read runs", unit="run"):
+        transitions += transitions_from_run(run)
+    if not transitions:
+        raise fail(f"no conditioning steps stored at {uri}"
+                   + (f" for session {session}" if session else ""))
+    learner = Learner(agent.net, config)
+    stored = fill_replay(learner, agent, transitions)
+    learner.config = replace(config, learning_starts=learner.replay.size,
+                             epsilon_start=config.epsilon_end)
+    agent.net.train()
+    for _ in tqdm(range(updates), desc="learn from stored", unit="update"):
+        learner.update()
+    agent.net.eval()
+    print(f"{stored} transitions from {uri}; {updates} updates, last loss "
+          f"{learner.losses[-1] if learner.losses else float('nan'):.4f}")
+    return agent.net, learner, stored

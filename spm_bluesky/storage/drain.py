@@ -1,0 +1,274 @@
+"""The drain: fills Tiled from the journal in the background, across outages and restarts.
+
+:class:`Drain` reads the journal (:mod:`spm_bluesky.storage.journal`) from its cursor, hands
+each run's documents to a TiledWriter run writer and writes the events it has read in one
+batch per stream (so an image is readable in Tiled a moment after it was journaled, and a
+fast session costs few HTTP requests). It never gives up: when Tiled does not answer or
+refuses a write, it drops what it was writing, waits (0.5 s, doubling to ``max_backoff``),
+connects again and starts over from the cursor, for as long as the outage lasts.
+
+The cursor (``cursor.json``) is the start of the oldest run not yet wholly in Tiled (or the
+end of what was read, when every run read is complete). Starting over from it is
+idempotent: Tiled does not keep event uids, so a run is matched by its uid, and a run that
+Tiled holds with its stop document is skipped, while a run Tiled holds only in part (an
+outage or a kill mid-run) is deleted and sent again whole from the journal. No event is
+stored twice and none is lost.
+
+In the embedded default the drain is a thread of the session's process
+(:func:`start_drain`); after a kill, the next process that opens the journal drains what the
+last one journaled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
+from tiled.client.container import Container
+
+from spm_bluesky.storage.journal import (
+    Position,
+    Record,
+    RecordKind,
+    read_cursor,
+    read_records,
+    write_cursor,
+)
+from spm_bluesky.storage.writer import WRITER_MAX_ARRAY_SIZE
+
+logger = logging.getLogger(__name__)
+
+#: Journal records read before the events read so far are written to Tiled.
+DRAIN_BATCH = 512
+#: Seconds between looks at the journal when everything is stored.
+DRAIN_POLL = 0.05
+#: Longest wait between tries while Tiled is down (s).
+MAX_BACKOFF = 10.0
+
+
+class _QuietOutage(logging.Filter):
+    """Drops TiledWriter's tracebacks for a Tiled that does not answer: the drain reports an
+    outage once, in one line, and sends the run again later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, httpx.TransportError)
+
+
+_WRITER_LOGGER = "bluesky_tiled_plugins.writing.tiled_writer"
+_QUIET = _QuietOutage()
+
+
+class _RunFeed:
+    """One run on its way into Tiled: TiledWriter's normalizer and run writer."""
+
+    def __init__(self, client: Container, start: Position) -> None:
+        self.start = start
+        # The run writer holds events until flush(): its own batch size never fires.
+        self.writer = _RunWriter(client, batch_size=1 << 30,
+                                 max_array_size=WRITER_MAX_ARRAY_SIZE)
+        self.normalizer = RunNormalizer()
+        self.normalizer.subscribe(self.writer)
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        self.normalizer(name, doc)
+
+    def flush(self) -> None:
+        """Write the events held, one append per stream (as the writer's stop does)."""
+        writer = self.writer
+        for stream, cache in writer._internal_data_cache.items():
+            if cache:
+                writer._write_internal_data(cache, desc_node=writer._desc_nodes[stream])
+                cache.clear()
+
+
+@dataclass
+class DrainStats:
+    """What a drain has done so far (read from any thread)."""
+
+    runs_stored: int = 0
+    runs_skipped: int = 0
+    runs_resent: int = 0
+    documents: int = 0
+    outages: int = 0
+    last_error: str = ""
+    acknowledged: Position = field(default_factory=lambda: Position(0, 0))
+
+
+class Drain:
+    """Fills Tiled from the journal in ``directory``; see the module doc.
+
+    ``connect`` makes a new Tiled client (called again after every failure). Run it in a
+    thread with :meth:`start`, or call :meth:`drain_once` to send what is journaled now.
+    """
+
+    def __init__(self, directory: Path | str, connect: Callable[[], Container], *,
+                 batch: int = DRAIN_BATCH, poll: float = DRAIN_POLL,
+                 max_backoff: float = MAX_BACKOFF) -> None:
+        self.directory = Path(directory)
+        self._connect = connect
+        self.batch, self.poll, self.max_backoff = batch, poll, max_backoff
+        self.stats = DrainStats()
+        self._client: Container | None = None
+        self._cursor = read_cursor(self.directory)
+        self._read = self._cursor
+        self._feeds: dict[str, _RunFeed] = {}
+        self._skipped: set[str] = set()
+        self._run_of_descriptor: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def _client_now(self) -> Container:
+        if self._client is None:
+            self._client = self._connect().include_data_sources()
+        return self._client
+
+    def _begin(self, record: Record) -> None:
+        client = self._client_now()
+        uid = record.body["uid"]
+        if uid in client:
+            stored = client[uid]
+            if "stop" in stored.metadata:
+                self._skipped.add(uid)
+                self.stats.runs_skipped += 1
+                return
+            stored.delete(recursive=True, external_only=False)
+            self.stats.runs_resent += 1
+        self._feeds[uid] = _RunFeed(client, record.start)
+
+    def _feed(self, record: Record) -> None:
+        name, doc = record.name, record.body
+        if name == "start":
+            self._begin(record)
+            uid = doc["uid"]
+        elif name == "descriptor":
+            uid = doc["run_start"]
+            self._run_of_descriptor[doc["uid"]] = uid
+        elif name in ("event", "event_page"):
+            uid = self._run_of_descriptor.get(doc["descriptor"], "")
+        else:
+            uid = doc.get("run_start", "")
+        if uid in self._skipped:
+            if name == "stop":
+                self._skipped.discard(uid)
+            return
+        feed = self._feeds.get(uid)
+        if feed is None:
+            logger.warning("journal: a %s document of run %r whose start was not read; skipped",
+                           name, uid)
+            return
+        feed(name, doc)
+        self.stats.documents += 1
+        if name == "stop":
+            del self._feeds[uid]
+            self.stats.runs_stored += 1
+
+    def _acknowledge(self) -> None:
+        opened = [feed.start for feed in self._feeds.values()]
+        cursor = min(opened) if opened else self._read
+        if cursor != self._cursor:
+            write_cursor(self.directory, cursor)
+            self._cursor = cursor
+        self.stats.acknowledged = cursor
+
+    def drain_once(self) -> bool:
+        """Send up to ``batch`` records and write what was read; True if any was read.
+
+        Raises whatever Tiled raised; then :meth:`reset` before trying again.
+        """
+        count = 0
+        for record in read_records(self.directory, self._read):
+            self._read = record.end
+            if record.kind is RecordKind.DOCUMENT:
+                self._feed(record)
+            count += 1
+            if count >= self.batch:
+                break
+        for feed in self._feeds.values():
+            feed.flush()
+        self._acknowledge()
+        return count > 0
+
+    def reset(self) -> None:
+        """Forget what was being written; the next pass starts over from the cursor."""
+        self._client = None
+        self._feeds.clear()
+        self._skipped.clear()
+        self._run_of_descriptor.clear()
+        self._read = self._cursor
+
+    def pending(self) -> bool:
+        """True while the journal holds records Tiled has not acknowledged."""
+        return next(iter(read_records(self.directory, self._cursor)), None) is not None
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        backoff = 0.5
+        failing = False
+        while not self._stop.is_set():
+            try:
+                progressed = self.drain_once()
+            except Exception as err:  # Tiled down, refusing, timing out: try again later
+                if not failing:
+                    self.stats.outages += 1
+                    logger.warning("Tiled does not take documents (%s: %s); they stay in the "
+                                   "journal and are sent when it answers", type(err).__name__,
+                                   err)
+                failing = True
+                self.stats.last_error = f"{type(err).__name__}: {err}"
+                self._idle.clear()
+                self.reset()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if failing:
+                logger.warning("Tiled answers again; sending the journal")
+            failing, backoff = False, 0.5
+            if progressed:
+                self._idle.clear()
+            else:
+                self._idle.set()
+                self._stop.wait(self.poll)
+
+    def start(self) -> Drain:
+        """Run the drain in a daemon thread; returns self."""
+        writer_logger = logging.getLogger(_WRITER_LOGGER)
+        if _QUIET not in writer_logger.filters:
+            writer_logger.addFilter(_QUIET)
+        self._thread = threading.Thread(target=self._loop, name="journal-drain", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_stored(self, timeout: float | None = None) -> bool:
+        """Wait until everything journaled so far is in Tiled; False after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._idle.clear()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self._idle.wait(remaining) and not self.pending():
+                return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (what is not stored stays in the journal for the next drain)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def start_drain(directory: Path | str, connect: Callable[[], Container], **options: Any
+                ) -> Drain:
+    """A :class:`Drain` of the journal in ``directory``, running in a thread."""
+    return Drain(directory, connect, **options).start()

@@ -1,0 +1,128 @@
+"""SIGKILL of a session (``spm-bluesky run``) during a conditioning episode and during the
+approach after a crash, each followed by ``run --resume``: what the killed process did is
+durable (the journal), so after each resume no frame lands inside a used disc or a crash
+zone, the counters are right and no run is left open."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+
+import pytest
+from caproto.sync.client import write
+
+from spm_bluesky import schema
+from spm_bluesky.autonomy.state import CRASH_MARK, rebuild
+from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
+from spm_bluesky.storage import Disc, connect, runs_by_session
+from spm_bluesky.storage.journal import journal_dir, read_marks
+from spm_bluesky.storage.journal_runs import JournalRun, journal_runs
+from tests.system.test_recovery import run_cli, session_of
+
+pytestmark = pytest.mark.integration
+
+CRASH_RADIUS = 150e-9
+
+
+def _leg(run: JournalRun) -> int:
+    return int(run.metadata[schema.AUTONOMY]["resumed"])
+
+
+def _wait_journal(journal, session, process, log, condition, timeout=180.0) -> list[JournalRun]:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = journal_runs(journal, session)
+        if condition(runs):
+            return runs
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def _discs(runs: list[JournalRun], size: float) -> list[Disc]:
+    """Every disc the runs used: frames (size / 2 around each) and action spots."""
+    discs = [Disc(f.area, f.x, f.y, size / 2) for run in runs for f in run.frames()]
+    discs += [step.disc() for run in runs for step in run.steps()]
+    return discs
+
+
+def _inside(area: int, x: float, y: float, discs: list[Disc]) -> list[Disc]:
+    return [d for d in discs if d.area == area and math.hypot(x - d.x, y - d.y) < d.radius]
+
+
+@pytest.mark.timeout(600)
+def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_path):
+    data_dir = tmp_path / "data"
+    state, _ = up(UpOptions(data_dir=data_dir, seed=47))
+    journal = journal_dir(data_dir)
+    try:
+        client = connect(state.tiled_uri, state.api_key)
+        # Leg 0: condition after 2 bad images in a row; SIGKILL once an episode has acted.
+        first = run_cli("--images", "100000", "--bad-limit", "2", data_dir=data_dir,
+                        log=tmp_path / "first.log")
+        session = session_of(tmp_path / "first.log", first)
+        _wait_journal(journal, session, first, tmp_path / "first.log", lambda runs: any(
+            r.plan_name == schema.CONDITION_TIP and r.steps() and r.stop is None
+            for r in runs))
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        leg0 = journal_runs(journal, session)
+        episode = next(r for r in leg0 if r.plan_name == schema.CONDITION_TIP and r.stop is None)
+        size = float(leg0[0].metadata[schema.AUTONOMY]["size"])
+        state0 = rebuild(client, session, journal=journal)
+        assert state0.episodes >= 1 and state0.actions >= len(episode.steps()) >= 1
+
+        # Leg 1: resume; a crash; SIGKILL as soon as the crash is marked (the approach).
+        second = run_cli("--images", "100000", "--resume", session, data_dir=data_dir,
+                         log=tmp_path / "second.log")
+        assert session_of(tmp_path / "second.log", second) == session
+        _wait_journal(journal, session, second, tmp_path / "second.log", lambda runs: sum(
+            len(r.frames()) for r in runs if _leg(r) == 1) >= 10)
+        with environ_set(client_ca_env(state.epics_env)):
+            write(state.prefix + "Sim:Fault", "crash", notify=True)
+        deadline = time.monotonic() + 60
+        while not read_marks(journal, CRASH_MARK):
+            assert second.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second.send_signal(signal.SIGKILL)
+        second.wait(30)
+        (crash,) = read_marks(journal, CRASH_MARK)
+        state1 = rebuild(client, session, journal=journal)
+        assert state1.crashes == 1
+        assert state1.episodes == state0.episodes + sum(
+            1 for r in journal_runs(journal, session)
+            if _leg(r) == 1 and r.plan_name == schema.CONDITION_TIP)
+
+        # Leg 2: resume to 40 more images; it must avoid every used disc and the crash zone.
+        target = state1.images + 40
+        third = run_cli("--images", str(target), "--bad-limit", "1000", "--resume", session,
+                        data_dir=data_dir, log=tmp_path / "third.log")
+        assert third.wait(300) == 0, (tmp_path / "third.log").read_text()
+        out = (tmp_path / "third.log").read_text()
+        assert f"images={target}" in out and "crashes=1" in out
+
+        runs = journal_runs(journal, session)
+        old = [r for r in runs if _leg(r) < 2]
+        new = [r for r in runs if _leg(r) == 2]
+        used = _discs(old, size)
+        zone = Disc(int(crash.body["area"]), crash.body["x"], crash.body["y"], CRASH_RADIUS)
+        assert crash.body["radius"] == pytest.approx(CRASH_RADIUS)
+        new_frames = [f for r in new for f in r.frames()]
+        assert len(new_frames) == 40
+        for frame in new_frames:
+            assert not _inside(frame.area, frame.x, frame.y, used), frame
+            assert not _inside(frame.area, frame.x, frame.y, [zone]), frame
+        for step in (s for r in new for s in r.steps()):
+            assert not _inside(step.area, step.x, step.y, [zone]), step
+
+        # Tiled holds every run, closed: the two killed runs as aborted.
+        stored = list(runs_by_session(client, session).values())
+        assert {r.metadata["start"]["uid"] for r in stored} == {r.uid for r in runs}
+        assert all("stop" in r.metadata for r in stored)
+        aborted = [r for r in stored if r.metadata["stop"]["exit_status"] == "abort"]
+        assert len(aborted) == 2
+        final = rebuild(client, session, journal=journal)
+        assert final.crashes == 1 and final.images == target
+    finally:
+        down(data_dir)
