@@ -74,8 +74,10 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
         assert state0.episodes >= 1 and state0.actions >= len(episode.steps()) >= 1
 
         # Leg 1: resume; a crash; SIGKILL as soon as the crash is marked (the approach).
-        second = run_cli("--images", "100000", "--resume", session, data_dir=data_dir,
-                         log=tmp_path / "second.log")
+        # No conditioning in this leg (--bad-limit 1000): a crash injected while an episode
+        # pulses fails that put and ends the session, which is not the path under test.
+        second = run_cli("--images", "100000", "--bad-limit", "1000", "--resume", session,
+                         data_dir=data_dir, log=tmp_path / "second.log")
         assert session_of(tmp_path / "second.log", second) == session
         _wait_journal(journal, session, second, tmp_path / "second.log", lambda runs: sum(
             len(r.frames()) for r in runs if _leg(r) == 1) >= 10)
@@ -83,7 +85,8 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
             write(state.prefix + "Sim:Fault", "crash", notify=True)
         deadline = time.monotonic() + 60
         while not read_marks(journal, CRASH_MARK):
-            assert second.poll() is None and time.monotonic() < deadline
+            assert second.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no crash mark in the journal after 60 s"
             time.sleep(0.05)
         second.send_signal(signal.SIGKILL)
         second.wait(30)
