@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from spm_bluesky.domain.processing import refit_plane
+
 #: Percentiles of the colour scale's ends (%).
 CONTRAST_PERCENTILES = (0.5, 99.5)
 #: Pixels further than this many robust standard deviations from the plane are ignored.
@@ -30,21 +32,15 @@ def robust_plane(image: np.ndarray, iterations: int = 5) -> np.ndarray:
         raise ValueError(f"expected a 2-D image of at least 2 x 2 px, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         raise ValueError("image contains NaN or infinite values")
-    rows, cols = array.shape
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    design = np.stack([np.ones(array.size), xx.ravel() / cols, yy.ravel() / rows], axis=1)
-    values = array.ravel()
-    keep = np.ones(array.size, dtype=bool)
-    coef = np.zeros(3)
-    for _ in range(iterations):
-        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-        residual = values - design @ coef
+
+    def inliers(residual: np.ndarray) -> np.ndarray | None:
         centre = np.median(residual)
         spread = 1.4826 * np.median(np.abs(residual - centre))
         if spread == 0.0:
-            break
-        keep = np.abs(residual - centre) <= OUTLIER_SIGMAS * spread
-    return (design @ coef).reshape(rows, cols)
+            return None
+        return np.abs(residual - centre) <= OUTLIER_SIGMAS * spread
+
+    return refit_plane(array, iterations, inliers)
 
 
 def levelled(image: np.ndarray) -> np.ndarray:

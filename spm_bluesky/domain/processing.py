@@ -9,6 +9,7 @@ found by iterated trimming instead of RANSAC so the result is deterministic), th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,13 +29,14 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return array
 
 
-def fit_plane(image: np.ndarray, iterations: int = 4) -> np.ndarray:
-    """The background plane of ``image`` (same shape), fitted robustly.
+def refit_plane(array: np.ndarray, iterations: int,
+                inliers: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
+    """The least-squares plane of a checked 2-D ``array`` (same shape), refitted
+    ``iterations`` times on the pixels ``inliers(residuals)`` keeps; ``None`` stops early.
 
-    Each iteration refits on the pixels closest to the current plane (the lowest 60 %
-    of residuals, which on a sub-monolayer surface is the bare substrate).
+    The one plane-fitting loop: the assessor's substrate fit (:func:`fit_plane`) and the
+    display's outlier-free mean plane differ only in which pixels they keep.
     """
-    array = _check_image(image)
     rows, cols = array.shape
     yy, xx = np.mgrid[0:rows, 0:cols]
     design = np.stack([np.ones(array.size), xx.ravel() / cols, yy.ravel() / rows], axis=1)
@@ -43,9 +45,21 @@ def fit_plane(image: np.ndarray, iterations: int = 4) -> np.ndarray:
     coef = np.zeros(3)
     for _ in range(iterations):
         coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-        residual = values - design @ coef
-        keep = residual <= np.quantile(residual, 0.6)
+        kept = inliers(values - design @ coef)
+        if kept is None:
+            break
+        keep = kept
     return (design @ coef).reshape(rows, cols)
+
+
+def fit_plane(image: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """The background plane of ``image`` (same shape), fitted robustly.
+
+    Each iteration refits on the pixels closest to the current plane (the lowest 60 %
+    of residuals, which on a sub-monolayer surface is the bare substrate).
+    """
+    return refit_plane(_check_image(image), iterations,
+                       lambda residual: residual <= np.quantile(residual, 0.6))
 
 
 def subtract_plane(image: np.ndarray) -> np.ndarray:
