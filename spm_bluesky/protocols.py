@@ -26,12 +26,24 @@ GOOD = "good"
 HISTORY = 2
 
 
+#: The verdict of an image the assessor is unsure of (too unlike what it learnt from).
+UNSURE = "unsure"
+
+
 @dataclass(frozen=True)
 class Assessment:
-    """The judgement of one image: calibrated class probabilities, p(good), the top label."""
+    """The judgement of one image: calibrated class probabilities, p(good), the top label,
+    and how far the image is from what the assessor knows.
+
+    ``unsure_score`` is the assessor's out-of-distribution score (NaN when it has none);
+    ``unsure`` is True when the score is over the assessor's calibrated threshold: its
+    probabilities are then not to be acted on (``spm_bluesky.ml.assessor.unsure``).
+    """
 
     probabilities: dict[str, float]
     model_id: str
+    unsure_score: float = float("nan")
+    unsure: bool = False
 
     @property
     def p_good(self) -> float:
@@ -44,12 +56,14 @@ class Assessment:
         return max(self.probabilities, key=self.probabilities.__getitem__)
 
     @staticmethod
-    def from_vector(probabilities: np.ndarray, model_id: str) -> Assessment:
+    def from_vector(probabilities: np.ndarray, model_id: str,
+                    unsure_score: float = float("nan"), unsure: bool = False) -> Assessment:
         """An assessment from a probability vector in :data:`CLASSES` order."""
         values = np.asarray(probabilities, dtype=np.float64)
         if values.shape != (len(CLASSES),):
             raise ValueError(f"expected {len(CLASSES)} probabilities, got shape {values.shape}")
-        return Assessment({c: float(p) for c, p in zip(CLASSES, values, strict=True)}, model_id)
+        return Assessment({c: float(p) for c, p in zip(CLASSES, values, strict=True)}, model_id,
+                          float(unsure_score), bool(unsure))
 
 
 @runtime_checkable

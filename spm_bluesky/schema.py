@@ -167,10 +167,15 @@ def assessment_p(tip_class: str) -> str:
 ASSESSMENT_P_GOOD: Final = assessment_p("good")
 ASSESSMENT_LABEL: Final = data_key(ASSESSMENT_DEVICE, "label")
 ASSESSMENT_MODEL_ID: Final = data_key(ASSESSMENT_DEVICE, "model_id")
+#: The assessor's out-of-distribution score (NaN when it has none) and whether it is over
+#: the calibrated threshold: the image is then ``unsure`` (not acted on).
+ASSESSMENT_UNSURE_SCORE: Final = data_key(ASSESSMENT_DEVICE, "unsure_score")
+ASSESSMENT_UNSURE: Final = data_key(ASSESSMENT_DEVICE, "unsure")
 
 # -- data keys: a frame's verdict (``decision``) ---------------------------------------------
 
-#: One of ``autonomy.rules.Verdict``.
+#: One of ``autonomy.rules.Verdict`` (``kept``, ``bad``, ``debris``, ``crash``,
+#: ``lost_contact``, ``unsure``).
 DECISION_VERDICT: Final = data_key(DECISION_DEVICE, "verdict")
 DECISION_PEAK_TO_PEAK: Final = data_key(DECISION_DEVICE, "peak_to_peak")
 #: The disc the verdict blocked (m).

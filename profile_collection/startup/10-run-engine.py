@@ -16,6 +16,9 @@ RE.md = PersistentDict(str(settings.metadata_dir))
 
 bec = BestEffortCallback()
 bec.noplot_streams.append(schema.TRUTH)  # the twin's true tip class: a label, not a curve
+# Verdicts and conditioning steps are words and counters, not curves (a figure each would
+# only slow the session); the assessment's p(good) is plotted.
+bec.noplot_streams.extend([schema.DECISION, schema.ACTION])
 RE.subscribe(bec)
 if INTERACTIVE:
     import matplotlib

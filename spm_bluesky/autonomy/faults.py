@@ -25,10 +25,11 @@ Two catches (bluesky 1.15):
 
 :class:`GuardedReadable` and :class:`GuardedScan` therefore wrap the devices the scan loop
 touches. A read that fails because the link is gone waits until the suspension cancels it
-(or, should none come, reads again once the IOC is back). A frame whose trigger fails
-during an outage (or across one) completes, without a frame, once the IOC is back: the
-suspender has rewound by then and takes the image again, and a replayed ``wait`` on the
-old group finishes with the new frame.
+(or, should none come, reads again once the IOC is back); a read that completes as the
+suspension cancels it is cancelled all the same (Python 3.11's ``wait_for`` would return
+it). A frame whose trigger fails during an outage (or across one) completes, without a
+frame, once the IOC is back: the suspender has rewound by then and takes the image again,
+and a replayed ``wait`` on the old group finishes with the new frame.
 """
 
 from __future__ import annotations
@@ -147,6 +148,20 @@ class LinkMonitor(StandardReadable):
             self._subscription = None
 
 
+def _raise_swallowed_cancel(task: asyncio.Task[Any] | None, cancels_before: int) -> None:
+    """Raise the cancellation that an inner ``asyncio.wait_for`` swallowed.
+
+    ophyd-async and aioca time CA operations out with ``asyncio.wait_for``, which in Python
+    3.11 returns the operation's result when the operation completes in the same loop turn as
+    the task is cancelled. A suspender cancels the RunEngine's task exactly then (an IOC that
+    dies as a read answers), and the RunEngine would send the late reading into the rewound
+    plan ("can't send non-None value to a just-started generator"). The task's count of
+    pending cancellations still shows the request, so it is raised here instead.
+    """
+    if task is not None and task.cancelling() > cancels_before:
+        raise asyncio.CancelledError
+
+
 class GuardedReadable:
     """A readable device whose CA failures during an IOC outage wait for the IOC.
 
@@ -164,15 +179,19 @@ class GuardedReadable:
         return self.device.name
 
     async def _guard(self, operation: Callable[[], Awaitable[T]]) -> T:
+        task = asyncio.current_task()
+        cancels_before = task.cancelling() if task is not None else 0
         try:
-            return await operation()
+            result = await operation()
         except Exception:
             if not await self.link.lost_within(DISCONNECT_GRACE):
                 raise
-        # The IOC is gone: the suspension cancels this read. Should it not, the IOC is read
-        # again once it is back, so that nothing waits forever.
-        await self.link.wait_up()
-        return await operation()
+            # The IOC is gone: the suspension cancels this read. Should it not, the IOC is
+            # read again once it is back, so that nothing waits forever.
+            await self.link.wait_up()
+            result = await operation()
+        _raise_swallowed_cancel(task, cancels_before)
+        return result
 
     async def read(self) -> dict[str, Reading]:
         """The device's reading (waits while the IOC is gone)."""

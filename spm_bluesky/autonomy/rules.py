@@ -4,8 +4,11 @@
 has done so far (the approach-area mask, counters, instrument time), updated image by
 image with :meth:`SessionState.record`; :func:`classify` is DeepSPM's verdict on one frame
 (docs/reference/data-model.md, "verdict"), judged on the filtered P(tip good) of
-:func:`update_belief`. The plan (``plans/autonomous.py``) and the state rebuilt from Tiled
-(``autonomy_state.py``) share these, so a resumed session decides as before.
+:func:`update_belief`; an image the assessor is unsure of gets the verdict ``unsure``: it
+neither moves the belief nor counts as bad, and :meth:`SessionState.count_unsure` says when
+a run of them must pause the session for a person. The plan (``plans/autonomous.py``)
+and the state rebuilt from Tiled (``autonomy_state.py``) share these, so a resumed session
+decides as before.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from spm_bluesky.domain import limits, processing
 from spm_bluesky.domain.area import CELL_SIZE, AreaMask
+from spm_bluesky.protocols import UNSURE
 
 #: An image whose raw height range is under this (m) is flat: the feedback is at a z limit.
 FLAT_RANGE = 0.01e-9
@@ -34,6 +38,12 @@ class Verdict(StrEnum):
     DEBRIS = "debris"
     CRASH = "crash"
     LOST_CONTACT = "lost_contact"
+    #: The assessor is unsure of the image (out of distribution): not acted on.
+    UNSURE = UNSURE
+
+
+#: Unsure images in a row before the session pauses for a person.
+UNSURE_LIMIT = 5
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class SessionConfig:
     debris_threshold: float = 0.6e-9
     debris_radius: float = 10e-9
     crash_radius: float = 150e-9
+    unsure_limit: int = UNSURE_LIMIT
     policy: str = ""
     start_clock: float = 0.0
     resumed: int = 0
@@ -63,7 +74,7 @@ class SessionConfig:
             raise ValueError("give hours or images (or both): when should the session stop?")
         if self.hours is not None and not (math.isfinite(self.hours) and self.hours > 0):
             raise ValueError(f"hours={self.hours!r} must be a positive number")
-        for name in ("images", "run_images", "max_actions"):
+        for name in ("images", "run_images", "max_actions", "unsure_limit"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or int(value) != value
                                       or value < 1):
@@ -127,13 +138,15 @@ def update_belief(belief: float, p_good: float, config: SessionConfig) -> float:
 
 
 def classify(image: np.ndarray, p_good: float, z_range: float, config: SessionConfig,
-             debris_retries: int) -> Judgement:
+             debris_retries: int, unsure: bool = False) -> Judgement:
     """DeepSPM's verdict on one frame, and the disc to block around it.
 
     Flat at full retraction: a crash (``crash_radius``); flat at full extension: lost
     contact; peak to peak over ``debris_threshold``: debris or a rough spot, blocking
-    ``debris_radius x (debris_retries + 1)``; else kept or bad by ``keep_threshold``
-    on ``p_good`` (the session passes its filtered P(tip good), :func:`update_belief`).
+    ``debris_radius x (debris_retries + 1)``; else, if the assessor is ``unsure`` of the
+    image, unsure (its frame is blocked, the loop scans elsewhere); else kept or bad by
+    ``keep_threshold`` on ``p_good`` (the session passes its filtered P(tip good),
+    :func:`update_belief`).
     """
     heights = np.asarray(image, dtype=np.float64)
     if float(np.ptp(heights)) < FLAT_RANGE:
@@ -145,6 +158,8 @@ def classify(image: np.ndarray, p_good: float, z_range: float, config: SessionCo
     ptp = processing.peak_to_peak(heights)
     if ptp > config.debris_threshold:
         return Judgement(Verdict.DEBRIS, config.debris_radius * (debris_retries + 1), ptp)
+    if unsure:
+        return Judgement(Verdict.UNSURE, config.size / 2, ptp)
     if p_good > config.keep_threshold:
         return Judgement(Verdict.KEPT, config.size / 2, ptp)
     return Judgement(Verdict.BAD, config.size / 2, ptp)
@@ -164,6 +179,9 @@ class SessionState:
     good_images: int = 0
     consecutive_bad: int = 0
     debris_retries: int = 0
+    #: Unsure images since the last image the assessor was sure of, or the last pause.
+    consecutive_unsure: int = 0
+    unsure_images: int = 0
     tip_belief: float = UNKNOWN_TIP
     episodes: int = 0
     actions: int = 0
@@ -202,6 +220,24 @@ class SessionState:
         elif verdict is Verdict.CRASH:
             self.crashes += 1
 
+    def count_unsure(self, verdict: Verdict, limit: int) -> bool:
+        """Count a run of unsure images; True when it reaches ``limit`` (the session pauses
+        for a person, and the count starts again, so that resuming goes on).
+
+        An image the assessor was sure of (kept or bad) ends the run; debris, crashes and
+        lost contact leave it as it is. The plan calls this after each verdict, and the
+        state rebuilt from the documents replays it on every recorded verdict.
+        """
+        if verdict is Verdict.UNSURE:
+            self.unsure_images += 1
+            self.consecutive_unsure += 1
+        elif verdict in (Verdict.KEPT, Verdict.BAD):
+            self.consecutive_unsure = 0
+        if self.consecutive_unsure >= limit:
+            self.consecutive_unsure = 0
+            return True
+        return False
+
     def new_area(self, area_index: int) -> None:
         """Start over in a fresh approach area (after a coarse move)."""
         self.mask = AreaMask(area_index=area_index, cell_size=CELL_SIZE)
@@ -218,4 +254,5 @@ class SessionState:
                 "good_images": self.good_images, "episodes": self.episodes,
                 "actions": self.actions, "crashes": self.crashes,
                 "area_index": self.mask.area_index, "free_cells": self.mask.free_cells,
-                "elapsed_hours": self.elapsed / 3600.0, "runs": self.runs}
+                "elapsed_hours": self.elapsed / 3600.0, "runs": self.runs,
+                "unsure_images": self.unsure_images}

@@ -11,6 +11,10 @@ conditioning spots), the spiral position, the counters and the instrument time. 
 journal's crash marks (made durable before the approach that follows a crash) add crashes
 that no ``fault`` event recorded, and ``mask_file`` (the session's mask copy, saved after
 every blocked disc) adds its blocked cells. Only scalars are read, never the images.
+
+Crashes are counted from ``fault`` events (scan runs: the contact suspender; conditioning
+episodes: a crash during an action) and from crash marks, each crash once: a mark and its
+event carry the same instrument crash count and clock.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from spm_bluesky.storage.read import RunRecords
 
 __all__ = ["CRASH_MARK", "SessionNotFound", "crash_mark", "rebuild"]
 
-#: The journal mark a session makes before it approaches again after a crash.
+#: The journal mark a session makes before it approaches again after a crash (in a scan
+#: run or during a conditioning episode's action).
 CRASH_MARK = "crash"
 
 
@@ -63,11 +68,6 @@ class _Rebuild:
             self.state.crashes += 1
             self.state.observe_clock(float(body["clock"]))
 
-    @property
-    def crash_radius(self) -> float:
-        """The session's crash disc (m)."""
-        return (self.config or SessionConfig(images=1)).crash_radius
-
     def block(self, x: float, y: float, radius: float, area_index: int | None = None) -> None:
         area = self.area_index if area_index is None else int(area_index)
         self.discs.append(Disc(area, float(x), float(y), float(radius)))
@@ -95,28 +95,29 @@ class _Rebuild:
             state.tip_belief = (UNKNOWN_TIP if decision.tip_belief is None
                                 else decision.tip_belief)
             state.crashes += verdict is Verdict.CRASH
+            state.count_unsure(verdict, (self.config or SessionConfig(images=1)).unsure_limit)
             state.clock = decision.clock
             state.elapsed = decision.elapsed
-        for fault in run.faults():
-            if fault.radius > 0:
-                self.block(fault.x, fault.y, fault.radius)
-            state.crashes += fault.kind == Verdict.CRASH.value
-            self.crashes_seen.add((fault.crash_count, round(fault.clock, 6)))
+        self.faults(run)
         # A stop between an image's primary event and its decision (a pause at the
         # checkpoint after the image): the frame is used, its verdict unknown.
         self.frames([f for f in run.frames() if f.seq_num > len(decided)], size)
+
+    def faults(self, run: RunRecords) -> None:
+        """Block and count the run's ``fault`` events (crashes, lost contact)."""
+        for fault in run.faults():
+            if fault.radius > 0:
+                self.block(fault.x, fault.y, fault.radius)
+            self.state.crashes += fault.kind == Verdict.CRASH.value
+            self.crashes_seen.add((fault.crash_count, round(fault.clock, 6)))
 
     def condition_run(self, run: RunRecords, size: float) -> None:
         state = self.state
         self.frames(run.frames(), size)
         steps = run.steps()
-        crash_count = None
         for step in steps:
             self.block(step.x, step.y, step.radius)
-            if crash_count is not None and step.crash_count > crash_count:
-                self.block(step.x, step.y, self.crash_radius)
-                state.crashes += step.crash_count - crash_count
-            crash_count = step.crash_count
+        self.faults(run)
         state.episodes += 1
         state.actions += len(steps)
         state.consecutive_bad = 0

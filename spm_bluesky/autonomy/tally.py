@@ -1,9 +1,10 @@
 """A live progress line for an autonomous session: a callback on the document stream.
 
 :class:`SessionTally` counts what a session did from its documents alone (images, kept
-images, truly good images, conditioning episodes, actions, crashes, area moves, simulated
-time, the twin's true tip class). :class:`ProgressLine` feeds the tally and redraws one line:
-on a terminal in place (carriage return), otherwise a new line every ``interval`` seconds.
+images, truly good images, images the assessor was unsure of, conditioning episodes,
+actions, crashes, area moves, simulated time, the twin's true tip class).
+:class:`ProgressLine` feeds the tally and redraws one line: on a terminal in place
+(carriage return), otherwise a new line every ``interval`` seconds.
 
     RE.subscribe(ProgressLine(SessionTally(), hours=2))
 
@@ -64,6 +65,7 @@ class SessionTally:
     images: int = 0
     kept: int = 0
     truly_good: int = 0
+    unsure: int = 0
     episodes: int = 0
     actions: int = 0
     crashes: int = 0
@@ -126,6 +128,7 @@ class SessionTally:
             if verdict == Verdict.KEPT:
                 self.kept += 1
                 self._kept_waiting.add(image)
+            self.unsure += verdict == Verdict.UNSURE
             self._crash_seen(verdict == Verdict.CRASH)
         elif stream == schema.TRUTH and (truth := TruthRecord.from_data(run, seq_num, data)):
             self.tip_state = truth.tip_state
@@ -154,7 +157,8 @@ class SessionTally:
         """One line: simulated time, images, good fraction, true tip, actions ..."""
         done = f"{self.simulated_hours:5.2f}" + (f"/{hours:g}" if hours else "")
         return (f"sim {done} h | images {self.images:4d} | kept {self.kept:4d} "
-                f"({self.good_fraction:4.0%}) | tip {self.tip_state:<10} | "
+                f"({self.good_fraction:4.0%}) | unsure {self.unsure} | "
+                f"tip {self.tip_state:<10} | "
                 f"episodes {self.episodes:3d} | actions {self.actions:4d} | "
                 f"crashes {self.crashes} | area moves {self.area_moves}")
 

@@ -14,6 +14,10 @@ from spm_bluesky.commandline._common import (
 )
 from spm_bluesky.ml.agent.policies import INSTRUMENT_POLICIES
 
+#: ``demo --backend``: the values of :data:`spm_bluesky.evaluation.demo.BACKENDS` (spelled
+#: here so that ``--help`` does not import the evaluation code).
+DEMO_BACKENDS = ("twin", "nanonis-sim")
+
 
 def demo_command(
     hours: float = typer.Option(2.0, parser=positive_float, help="simulated hours"),
@@ -29,20 +33,26 @@ def demo_command(
                                       show_default=False),
     assessor: Path | None = typer.Option(None, help="assessor weights (default: shipped)",
                                          show_default=False),
+    backend: str = typer.Option("twin", parser=choice(*DEMO_BACKENDS),
+                                metavar="|".join(DEMO_BACKENDS),
+                                help="behind the PVs: the IOC's twin, or the Nanonis simulator "
+                                     "(started too) behind a Nanonis IOC"),
 ) -> int:
     """Start the IOC and Tiled, run an accelerated autonomous session, report.
 
     Starts the twin's IOC and the embedded Tiled server, runs an autonomous session at full
     speed with a live progress line, writes the report and stops the services (also on
-    Ctrl-C).
+    Ctrl-C). With --backend nanonis-sim the IOC talks the Nanonis protocol to the Nanonis
+    simulator; the plans and devices are the same.
     """
-    from spm_bluesky.evaluation.demo import DemoOptions, PolicyName, run_demo
+    from spm_bluesky.evaluation.demo import BackendName, DemoOptions, PolicyName, run_demo
     from spm_bluesky.ml.agent.policies import MissingAgentError
     from spm_bluesky.services.launch import ServiceError
 
     options = DemoOptions(
         data_dir=data_dir, hours=hours, seed=seed, out_dir=out.resolve() if out else None,
-        policy=cast(PolicyName, policy), agent=agent, assessor=assessor)
+        policy=cast(PolicyName, policy), agent=agent, assessor=assessor,
+        backend=cast(BackendName, backend))
     try:
         result = run_demo(options)
     except (ValueError, MissingAgentError, ServiceError) as err:

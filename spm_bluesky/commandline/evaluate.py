@@ -63,18 +63,46 @@ def eval_assessor(
     """
     from spm_bluesky.ml.assessor.assessor import load_assessor
     from spm_bluesky.ml.assessor.evaluation import run
+    from spm_bluesky.ml.assessor.unsure import UnsureTally
 
     if real_set_path is not None and not real:
         raise usage_error("--real-set", "only applies with --real")
-    if real:
-        return _eval_real(load_assessor(weights), real_set_path, json, png, strict)
     try:
-        evaluation = run(load_assessor(weights), images=images, base=seed, json_path=json,
-                         png_path=png, workers=workers)
+        assessor = load_assessor(weights)
+    except ValueError as err:  # an unsure calibration made for other weights
+        raise fail(str(err)) from None
+    if real:
+        return _eval_real(assessor, real_set_path, json, png, strict)
+    tally = UnsureTally(assessor)
+    try:
+        evaluation = run(tally, images=images, base=seed, json_path=json, png_path=png,
+                         workers=workers)
     except ValueError as err:
         raise fail(str(err), 2) from None
+    _report_twin_unsure(tally, json)
     met = all(goal["met"] for goal in evaluation.all_frames.goals().values())
+    met = met and not tally.rate() > UNSURE_GOAL
     return 0 if met or not strict else 1
+
+
+#: The goal for the share of the twin's own held-out images the assessor is unsure of.
+UNSURE_GOAL = 0.05
+
+
+def _report_twin_unsure(tally: Any, json_path: Path | None) -> None:
+    """Print the twin's unsure rate (and add it to the JSON written by the evaluation)."""
+    import json
+
+    rate = tally.rate()
+    if rate != rate:  # NaN: no calibration beside the weights
+        print("unsure rate on the twin: n/a (no unsure calibration beside the weights)")
+    else:
+        print(f"unsure rate on the twin: {rate:.4f} ({sum(tally.unsure)} of "
+              f"{len(tally.unsure)} frames; goal <= {UNSURE_GOAL})")
+    if json_path is not None:
+        payload = json.loads(json_path.read_text())
+        payload["unsure_rate"] = None if rate != rate else rate
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _eval_real(assessor: Any, arrays: Path | None, json: Path | None, png: Path | None,
@@ -88,6 +116,10 @@ def _eval_real(assessor: Any, arrays: Path | None, json: Path | None, png: Path 
         raise fail(str(err)) from None
     evaluation = real_set.evaluate(assessor, labelled)
     print(evaluation.table())
+    vetoed = real_set.with_veto(evaluation, labelled).overall
+    print(f"\nwith the line-streak veto (threshold from the twin): balanced accuracy "
+          f"{vetoed.balanced_accuracy:.3f}, AUC {vetoed.auc:.3f} (the veto is not applied "
+          "by the assessor: see docs/explanation/assessor.md)")
     if json:
         print(f"wrote {real_set.write_json(evaluation, json)}")
     if png:

@@ -12,6 +12,12 @@ session. Before the IOC is touched the journal must open and the disk have room
 (:func:`~spm_bluesky.storage.preflight.check_durable`). Ctrl-C or SIGTERM stops at the next
 checkpoint and closes the open run; a kill leaves it to the next start, which closes it with
 ``exit_status="abort"``.
+
+In facility mode (``spm-bluesky up --bus``) every document is still journaled first, and then
+published to the broker, the session waiting for its confirm
+(:mod:`spm_bluesky.storage.bus_publish`); no drain runs, the consumer process is the one
+writer into Tiled. A broker that does not answer at the start ends the command (exit status
+2) before the IOC is touched.
 """
 
 import contextlib
@@ -24,6 +30,7 @@ from typing import Any
 
 import typer
 
+from spm_bluesky.autonomy.rules import UNSURE_LIMIT
 from spm_bluesky.commandline._catalog import (
     Catalog,
     SessionLookupError,
@@ -44,6 +51,7 @@ from spm_bluesky.commandline.services import not_up
 from spm_bluesky.ml.agent.policies import INSTRUMENT_POLICIES
 from spm_bluesky.services.launch import (
     HOME_ENV,
+    BusUnreachable,
     ServiceError,
     ServiceState,
     UpOptions,
@@ -109,6 +117,10 @@ def run_command(
                                   help="bad images in a row before conditioning"),
     run_images: int = typer.Option(50, parser=positive_int,
                                    help="images per autonomous_scan run"),
+    unsure_limit: int = typer.Option(
+        UNSURE_LIMIT, parser=positive_int,
+        help="images in a row the assessor is unsure of before the session pauses for a "
+             "person"),
     keep_services: bool = typer.Option(
         False, "--keep-services",
         help="leave the IOC and Tiled running if this command started them"),
@@ -132,18 +144,20 @@ def run_command(
             raise fail(f"cannot resume {resume}: {not_up(data_dir)}; and {data_dir} holds no "
                        "Tiled data to find the session in")
         started = ensure_services(data_dir, seed)
+    except BusUnreachable as err:
+        raise fail(f"{err}; nothing started", 2) from None
     except ServiceError as err:
         raise fail(str(err)) from None
     try:
         return _run(data_dir, conditioning, resume=resume, hours=hours, images=images,
-                    bad_limit=bad_limit, run_images=run_images)
+                    bad_limit=bad_limit, unsure_limit=unsure_limit, run_images=run_images)
     finally:
         if started and not keep_services:
             down(data_dir)
 
 
 def _run(data_dir: Path, policy: Any, *, resume: str | None, hours: float | None,
-         images: int | None, bad_limit: int, run_images: int) -> int:
+         images: int | None, bad_limit: int, unsure_limit: int, run_images: int) -> int:
     from spm_bluesky.autonomy.state import SessionNotFound, rebuild
     from spm_bluesky.services.profile import (
         ServiceMissing,
@@ -151,7 +165,7 @@ def _run(data_dir: Path, policy: Any, *, resume: str | None, hours: float | None
         connect_stm,
         connect_tiled,
     )
-    from spm_bluesky.storage.durable import durable_path
+    from spm_bluesky.storage.bus import BusError
     from spm_bluesky.storage.journal import JournalError, journal_dir
     from spm_bluesky.storage.preflight import check_durable
 
@@ -164,10 +178,11 @@ def _run(data_dir: Path, policy: Any, *, resume: str | None, hours: float | None
         raise fail(str(err)) from None
     with contextlib.ExitStack() as stack:
         try:
-            document_path = stack.enter_context(
-                durable_path(data_dir, lambda: connect_tiled(settings)))
+            document_path = stack.enter_context(_document_path(data_dir, settings))
         except JournalError as err:
             raise fail(str(err)) from None
+        except BusError as err:
+            raise fail(f"{err}; nothing started", 2) from None
         resume_state = None
         if resume:
             catalog = Catalog(client, f"Tiled at {settings.tiled_uri}",
@@ -191,7 +206,28 @@ def _run(data_dir: Path, policy: Any, *, resume: str | None, hours: float | None
         except ServiceMissing as err:
             raise fail(str(err)) from None
         return _go(RE, document_path, stm, policy, data_dir, resume_state, hours=hours,
-                   images=images, bad_limit=bad_limit, run_images=run_images)
+                   images=images, bad_limit=bad_limit, unsure_limit=unsure_limit,
+                   run_images=run_images)
+
+
+def _document_path(data_dir: Path, settings: Any) -> contextlib.AbstractContextManager[Any]:
+    """Where the session's documents go: the journal and its drain into Tiled, or, with a
+    broker recorded by ``up --bus``, the journal and the broker (BusError if it is away)."""
+    from spm_bluesky.services.profile import connect_tiled
+
+    state = ServiceState.read(data_dir)
+    if state is None or state.bus_url is None:
+        from spm_bluesky.storage.durable import durable_path
+
+        return durable_path(data_dir, lambda: connect_tiled(settings))
+    from spm_bluesky.services.bus_launch import recorded_address
+    from spm_bluesky.storage.bus_publish import bus_path
+
+    print(f"facility mode: documents go to the broker at {state.bus_url}", flush=True)
+    from spm_bluesky.storage.bus import EXCHANGE
+
+    return bus_path(data_dir, recorded_address(data_dir, state.bus_url),
+                    state.bus_exchange or EXCHANGE)
 
 
 def mask_path_of(data_dir: Path, session_uid: str) -> Path:
@@ -200,7 +236,8 @@ def mask_path_of(data_dir: Path, session_uid: str) -> Path:
 
 
 def _go(RE: Any, document_path: Any, stm: Any, policy: Any, data_dir: Path, resume_state: Any,
-        *, hours: float | None, images: int | None, bad_limit: int, run_images: int) -> int:
+        *, hours: float | None, images: int | None, bad_limit: int, unsure_limit: int,
+        run_images: int) -> int:
     """Run the session plan, printing its uid first and its counters at the end."""
     from bluesky.utils import RunEngineInterrupted
 
@@ -212,8 +249,9 @@ def _go(RE: Any, document_path: Any, stm: Any, policy: Any, data_dir: Path, resu
     RE.subscribe(document_path)
     plan = autonomous_session(
         stm, load_assessor(), policy, hours=hours, images=images,
-        session_uid=session_uid, bad_limit=bad_limit, run_images=run_images,
-        mask_path=str(mask_path), resume_state=resume_state, safety=document_path.mark)
+        session_uid=session_uid, bad_limit=bad_limit, unsure_limit=unsure_limit,
+        run_images=run_images, mask_path=str(mask_path), resume_state=resume_state,
+        safety=document_path.mark)
     action = "resuming" if resume_state else "session"
     print(f"{action} {session_uid} (stop: Ctrl-C; resume: spm-bluesky run --resume "
           f"{session_uid} --data-dir {data_dir} ...)", flush=True)
@@ -222,8 +260,9 @@ def _go(RE: Any, document_path: Any, stm: Any, policy: Any, data_dir: Path, resu
         result = RE(plan)
     except RunEngineInterrupted:
         RE.stop()
-        print(f"stopped; resume with: spm-bluesky run --resume {session_uid} "
-              f"--data-dir {data_dir} ...", flush=True)
+        print(f"stopped (if the assessor was unsure of {unsure_limit} images in a row: look "
+              f"at the last images with spm-bluesky report); resume with: spm-bluesky run "
+              f"--resume {session_uid} --data-dir {data_dir} ...", flush=True)
         return 130
     summary = result.plan_result
     print("done: " + " ".join(f"{key}={value:.3f}" if isinstance(value, float)

@@ -27,6 +27,7 @@ from spm_bluesky.services.launch import (
     DEFAULT_PREFIX,
     HOME_ENV,
     STATE_FILE,
+    BusUnreachable,
     ServiceError,
     ServiceState,
     UpOptions,
@@ -57,6 +58,9 @@ def _print_state(state: ServiceState) -> None:
     if state.nanonis_sim is not None:
         print(f"  nanonis-sim  pid {state.nanonis_sim.pid}  {state.nanonis_sim.address}  "
               f"log {state.nanonis_sim.log}")
+    if state.bus_consumer is not None:
+        print(f"  consumer  pid {state.bus_consumer.pid}  Tiled writer on {state.bus_url} "
+              f"exchange {state.bus_exchange}  log {state.bus_consumer.log}")
     print(f"  CA clients need: {env} (all EPICS_CA_* settings are in the state file)")
     print(f"  state file: {state.path}")
 
@@ -65,13 +69,22 @@ def _ignored(ctx: typer.Context, options: UpOptions, state: ServiceState) -> lis
     """The options given on the command line that the running services do not have."""
     running = {"prefix": state.prefix, "seed": state.seed, "time_scale": state.time_scale,
                "ioc_port": state.ca_port, "tiled_port": urlparse(state.tiled_uri).port,
-               "backend": state.backend, "serve_files": state.files_dir}
+               "backend": state.backend, "serve_files": state.files_dir, "bus": state.bus_url,
+               "bus_exchange": state.bus_exchange}
     given = {"prefix": options.prefix, "seed": options.seed, "time_scale": options.time_scale,
              "ioc_port": options.ioc_port, "tiled_port": options.tiled_port,
              "backend": options.backend,
-             "serve_files": options.serve_files and str(options.serve_files.resolve())}
+             "serve_files": options.serve_files and str(options.serve_files.resolve()),
+             "bus": options.bus and _scrubbed(options.bus),
+             "bus_exchange": options.bus_exchange}
     return [f"--{name.replace('_', '-')} {value}" for name, value in given.items()
             if _given(ctx, name) and value != running[name]]
+
+
+def _scrubbed(url: str) -> str:
+    from spm_bluesky.storage.bus import scrub
+
+    return scrub(url)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -106,10 +119,20 @@ def up_command(
     serve_files: Path | None = typer.Option(
         None, "--serve-files", metavar="DIR", show_default=False,
         help="also serve the STM files (.sxm, .dat) in DIR through Tiled, beside the runs"),
+    bus: str | None = typer.Option(
+        None, "--bus", metavar="amqp://[USER[:PASSWORD]@]HOST[:PORT][/VHOST]",
+        show_default=False,
+        help="facility mode: sessions publish their documents to this RabbitMQ broker and a "
+             "consumer process writes them into Tiled (password: $SPM_BUS_PASSWORD or the URL)"),
+    bus_exchange: str | None = typer.Option(
+        None, "--bus-exchange", metavar="NAME", show_default=False,
+        help="the broker exchange of this Tiled (default: spm-bluesky.documents); its queue "
+             "is NAME.tiled"),
 ) -> int:
     """Start the IOC and Tiled in the background (loopback).
 
     With --backend nanonis-sim the Nanonis simulator runs too, with the IOC behind it.
+    With --bus the Tiled consumer of the broker runs too (facility mode).
     When they already run in the data directory nothing is started; options that differ
     from what runs are named and the exit status is 1.
     """
@@ -122,13 +145,18 @@ def up_command(
         host, _, port_text = nanonis.rpartition(":")
         if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise usage_error("--nanonis", f"{nanonis!r} is not HOST:PORT")
+    if bus_exchange is not None and bus is None:
+        raise usage_error("--bus-exchange", "goes with --bus, and only with it")
     if serve_files is not None and not serve_files.is_dir():
         raise usage_error("--serve-files", f"{str(serve_files)!r} is not a folder")
     options = UpOptions(data_dir=data_dir, prefix=prefix, seed=seed, time_scale=time_scale,
                         ioc_port=ioc_port, tiled_port=tiled_port, timeout=timeout,
-                        backend=backend, nanonis=nanonis, serve_files=serve_files)
+                        backend=backend, nanonis=nanonis, serve_files=serve_files, bus=bus,
+                        bus_exchange=bus_exchange)
     try:
         state, started = up(options)
+    except BusUnreachable as err:
+        raise fail(f"{err}; nothing started", 2) from None
     except ServiceError as err:
         raise fail(str(err)) from None
     print("started:" if started else f"already up in {state.data_dir} (nothing started):")

@@ -3,6 +3,7 @@
 Both rewrite the shipped weights by default and write the model card beside them.
 """
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from spm_bluesky.commandline._common import (
 )
 from spm_bluesky.ml.agent.card import CARD_EPISODES
 from spm_bluesky.ml.assessor.config import TrainConfig
+from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
 from spm_bluesky.ml.card import WEIGHTS, WEIGHTS_DIR
 from spm_bluesky.services.credentials import CredentialsError, tiled_api_key
 from spm_bluesky.services.launch import data_dir_from
@@ -33,7 +35,18 @@ def train_assessor(
     seed: int = typer.Option(_DEFAULTS.seed, parser=non_negative_int,
                              help="seed of data, init and augmentation"),
     images: int = typer.Option(_DEFAULTS.images, parser=positive_int,
-                               help="training images"),
+                               help="twin training images"),
+    synth_images: int = typer.Option(
+        _DEFAULTS.synth_images, parser=non_negative_int,
+        help="synthetic training frames (other surfaces, real-looking tip defects and noise)"),
+    leave_out: str | None = typer.Option(
+        None, metavar="FAMILY", show_default=False,
+        help="train without this synthetic surface family (to test on it): "
+             + ", ".join(FAMILY_NAMES)),
+    scale_free: bool = typer.Option(
+        _DEFAULTS.scale_free, "--scale-free",
+        help="the network rescales each window by its own height range (not an absolute "
+             "1 A scale); off for the shipped weights"),
     epochs: int = typer.Option(_DEFAULTS.epochs, parser=positive_int, help="epochs"),
     data: Path | None = typer.Option(
         None, help="directory to keep the rendered sets in (.npz shards) and reuse",
@@ -48,11 +61,47 @@ def train_assessor(
     """
     from spm_bluesky.ml.assessor.training import train
 
-    config = TrainConfig(seed=seed, images=images, epochs=epochs, workers=workers)
+    if leave_out is not None and leave_out not in FAMILY_NAMES:
+        raise fail(f"--leave-out {leave_out!r} is not a surface family; one of "
+                   f"{', '.join(FAMILY_NAMES)}", 2)
+    config = TrainConfig(seed=seed, images=images, epochs=epochs, workers=workers,
+                         synth_images=synth_images, scale_free=scale_free,
+                         synth_validation_images=synth_images // 10)
+    if leave_out is not None:
+        config = replace(config, synth=config.synth.without(leave_out))
     result = train(config, out=out, data_dir=data, progress=True)
     print(f"wrote {result.weights} ({result.model_id}), card {result.card}; "
           f"temperature {result.temperature:.3f}; {result.wall_time_s:.0f} s")
     return 0
+
+
+@train_app.command("unsure")
+def train_unsure(
+    weights: Path = typer.Option(WEIGHTS, callback=existing_file,
+                                 help="the assessor's weight file to calibrate",
+                                 show_default="the shipped assessor.pt"),
+    seed: int = typer.Option(0, parser=non_negative_int, help="seed of the twin frames"),
+    images: int = typer.Option(3_000, parser=positive_int,
+                               help="twin training frames: the class statistics"),
+    validation_images: int = typer.Option(3_000, parser=positive_int,
+                                          help="twin validation frames: the threshold"),
+    data: Path | None = typer.Option(
+        None, help="directory to keep the rendered sets in (.npz shards) and reuse",
+        show_default=False),
+    workers: int = typer.Option(2, parser=positive_int, help="rendering processes"),
+) -> None:
+    """Calibrate when the assessor is unsure of an image (regenerates <weights>.unsure.npz).
+
+    Training calibrates new weights itself; this calibrates existing ones, such as the
+    shipped weights, and records the figures in their model card.
+    """
+    from spm_bluesky.ml.assessor.training import calibrate_weights
+
+    calibration = calibrate_weights(weights, seed, images, validation_images, data, workers)
+    print(f"wrote the unsure calibration of {calibration.model_id} beside {weights}: "
+          f"threshold {calibration.threshold:.4g} (quantile {calibration.quantile:g} of "
+          f"{calibration.threshold_frames} validation frames; {calibration.twin_rate:.1%} "
+          "of them unsure)")
 
 
 @train_app.command("agent")

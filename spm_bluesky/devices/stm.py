@@ -9,7 +9,8 @@
 - ``tip`` (:class:`Tip`): conditioning; ``tip.pulse`` and ``tip.dip`` are triggerable
   commands whose status completes when the action is done.
 - ``coarse`` (:class:`Coarse`): ``approach``, ``withdraw`` and ``move_area`` commands.
-- ``status`` (:class:`Status`): contact, crash flag and count, clock, z, ranges, area index.
+- ``status`` (:class:`Status`): contact, crash flag and count, clock, z, ranges, area index;
+  also the tunnelling current (``status.current``), read on demand and not recorded.
 - ``sim`` (:class:`SimControls`): only with ``sim=True``; the twin's extra PVs, so the same
   device works on a real controller without them.
 
@@ -259,6 +260,8 @@ class Status(StandardReadable):
             self.xy_range = epics_signal_r(float, prefix + "Status:Range")
             self.z_range = epics_signal_r(float, prefix + "Status:ZRange")
             self.area_index = epics_signal_r(int, prefix + "Coarse:AreaIndex")
+        # Not a readable: read on demand (``bps.rd``), so the stored streams keep their keys.
+        self.current = epics_signal_r(float, prefix + "Status:Current")
         super().__init__(name=name)
 
 

@@ -93,14 +93,23 @@ class AreaMask:
         return cell is not None and not bool(self.blocked[cell])
 
     def block_disc(self, x: float, y: float, radius: float) -> int:
-        """Block every cell centred within ``radius`` of (x, y), and the cell holding it.
+        """Block every cell that reaches into the disc of ``radius`` around (x, y), and the
+        cell holding (x, y).
 
+        A cell is blocked when any of its points lies closer than ``radius`` to the centre,
+        not only its centre: a frame fills its cell and an action lands anywhere in a frame,
+        so no frame or action spot of a free cell can fall inside a blocked disc (a crash's
+        exclusion zone). A disc of half a cell around a cell's centre blocks that cell only.
         Returns how many cells were newly blocked.
         """
         if radius < 0:
             raise ValueError(f"radius={radius!r} m must not be negative")
         offsets = self._offsets() * self.cell_size
-        inside = np.hypot(offsets[None, :] - x, offsets[:, None] - y) <= radius
+        half = self.cell_size / 2
+        # Per axis, the distance from the centre to the nearest point of each cell.
+        gap_x = np.maximum(np.abs(offsets - x) - half, 0.0)
+        gap_y = np.maximum(np.abs(offsets - y) - half, 0.0)
+        inside = np.hypot(gap_x[None, :], gap_y[:, None]) < radius
         cell = self.cell_of(x, y)
         if cell is not None:
             inside[cell] = True

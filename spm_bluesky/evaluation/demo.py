@@ -1,11 +1,12 @@
 """``spm-bluesky demo``: the whole system in one command, on the digital twin.
 
 Starts the STM IOC and the embedded Tiled server (``spm-bluesky up``, loopback only, API
-key), runs an accelerated autonomous session (``Sim:TimeScale`` 0) with a live progress
-line, writes the session report from what Tiled stored, and stops the services it started,
-also on Ctrl-C (then the report covers what was done) or SIGTERM. Documents go through the
-journal in the data directory (:mod:`spm_bluesky.storage.durable`); the report waits until
-Tiled holds them all.
+key; with ``--backend nanonis-sim`` also the Nanonis simulator, the IOC speaking the
+Nanonis protocol to it, while plans and devices stay the same), runs an accelerated
+autonomous session (``Sim:TimeScale`` 0) with a live progress line, writes the session
+report from what Tiled stored, and stops the services it started, also on Ctrl-C (then the
+report covers what was done) or SIGTERM. Documents go through the journal in the data
+directory (:mod:`spm_bluesky.storage.durable`); the report waits until Tiled holds them all.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ from typing import Any, Literal, TextIO, get_args
 from spm_bluesky.autonomy.tally import ProgressLine, SessionTally
 from spm_bluesky.evaluation.system import check_agent, release_ca
 from spm_bluesky.report import ReportFiles, build_report
-from spm_bluesky.services.launch import UpOptions, client_ca_env, down, up
+from spm_bluesky.services.launch import ServiceState, UpOptions, client_ca_env, down, up
 
 #: The conditioning policies the demo offers (``--policy``): those of the registry that
 #: run on an instrument (the oracle reads the twin's truth: evaluation only).
 PolicyName = Literal["agent", "heuristic", "random"]
 POLICIES: tuple[str, ...] = get_args(PolicyName)
+#: What the demo can put behind the PVs (``--backend``): the IOC's own twin, or the Nanonis
+#: simulator's twin behind a Nanonis IOC. A real controller is no demo.
+BackendName = Literal["twin", "nanonis-sim"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class DemoOptions:
     agent: Path | None = None
     assessor: Path | None = None
     timeout: float = 60.0
+    backend: BackendName = "twin"
 
     @property
     def report_dir(self) -> Path:
@@ -68,6 +74,9 @@ def check_options(options: DemoOptions) -> None:
         raise ValueError(f"--hours must be positive, not {options.hours}")
     if options.policy not in POLICIES:
         raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, not {options.policy}")
+    if options.backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not "
+                         f"{options.backend}")
     if options.policy == "agent":
         check_agent(options.agent, hint="or run the demo with --policy heuristic")
 
@@ -91,10 +100,17 @@ def run_demo(options: DemoOptions, stream: TextIO | None = None) -> DemoResult:
     out = stream if stream is not None else sys.stdout
     check_options(options)
     began = time.perf_counter()
+    previous = ServiceState.read(options.data_dir)
+    if previous is not None and previous.backend != options.backend:
+        raise ValueError(f"the services of {options.data_dir} have backend "
+                         f"{previous.backend}, not {options.backend}: `spm-bluesky down` first")
     state, started = up(UpOptions(data_dir=options.data_dir, seed=options.seed,
-                                  timeout=options.timeout))
+                                  timeout=options.timeout, backend=options.backend))
+    behind = "" if state.sim_ports is None else (
+        f" behind the Nanonis simulator on 127.0.0.1:{state.sim_ports[0]}")
     out.write(f"services {'started' if started else 'already up'} in {state.data_dir}: "
-              f"IOC {state.prefix} on 127.0.0.1:{state.ca_port}, Tiled {state.tiled_uri}\n")
+              f"IOC {state.prefix} on 127.0.0.1:{state.ca_port}{behind}, "
+              f"Tiled {state.tiled_uri}\n")
     out.flush()
     try:
         with _sigterm_as_interrupt():
@@ -102,7 +118,7 @@ def run_demo(options: DemoOptions, stream: TextIO | None = None) -> DemoResult:
     finally:
         if started:
             down(options.data_dir)
-            out.write(f"stopped the IOC and Tiled; data stay in {options.data_dir}\n")
+            out.write(f"stopped the services; data stay in {options.data_dir}\n")
 
 
 def _session(options: DemoOptions, state: Any, began: float, out: TextIO) -> DemoResult:
@@ -142,8 +158,8 @@ def _run_session(options: DemoOptions, state: Any, began: float, out: TextIO, cl
     call_in_bluesky_event_loop(stm.connect(timeout=options.timeout))
     session_uid = uuid.uuid4().hex
     out.write(f"session {session_uid}: {options.hours:g} simulated h, twin seed "
-              f"{options.seed}, assessor {assessor.model_id}, policy "
-              f"{policy_model_id(policy)} (Ctrl-C stops and reports)\n")
+              f"{options.seed}, backend {options.backend}, assessor {assessor.model_id}, "
+              f"policy {policy_model_id(policy)} (Ctrl-C stops and reports)\n")
     out.flush()
     interrupted = False
     try:

@@ -43,6 +43,8 @@ class InstrumentState:
     crash_count: int
     action_count: int
     z: float
+    #: The tunnelling current (A).
+    current: float
 
 
 @dataclass(frozen=True)

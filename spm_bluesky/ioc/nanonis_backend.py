@@ -9,9 +9,11 @@ How PVs and commands map to Nanonis commands:
   kept, backward = forward); ``Scan:Bias`` -> ``Bias.Set``; ``Scan:Setpoint`` ->
   ``ZCtrl.SetpntSet``. Each is sent when its PV is put (only what changed), so a refusal is
   a refused put.
-- ``Scan:Acquire`` -> ``Scan.Action`` (start, up), ``Scan.WaitEndOfScan``,
-  ``Scan.FrameDataGrab`` (Z, forward); rows of a downward frame are reversed so that row 0
-  is the first line scanned. ``Scan:Abort`` stops a scan with ``Scan.Action`` (stop).
+- ``Scan:Acquire`` -> ``Scan.Action`` (start, up), ``Scan.WaitEndOfScan`` (1 s),
+  ``Scan.FrameDataGrab`` (Z, forward) and the status reads, sent together (one round trip);
+  a frame not done within the wait is waited for on, then grabbed again. Rows of a downward
+  frame are reversed so that row 0 is the first line scanned. ``Scan:Abort`` stops a scan
+  with ``Scan.Action`` (stop).
 - ``Tip:Pulse`` -> ``FolMe.XYPosSet`` then ``Bias.Pulse`` (absolute bias, z held);
   ``Tip:Dip`` -> ``FolMe.XYPosSet``, ``TipShaper.PropsSet`` (lift = minus the depth, when
   it changed) and ``TipShaper.Start``.
@@ -19,7 +21,9 @@ How PVs and commands map to Nanonis commands:
   until it stops; ``Coarse:Withdraw`` -> ``ZCtrl.Withdraw``; ``Coarse:MoveArea`` ->
   withdraw, ``Motor.StartMove`` (:attr:`NanonisConfig.coarse_steps` in
   :attr:`NanonisConfig.coarse_direction`), approach.
-- ``Status:Contact`` <- ``ZCtrl.OnOffGet``; ``Status:Z`` <- ``ZCtrl.ZPosGet``.
+- ``Status:Contact`` <- ``ZCtrl.OnOffGet``; ``Status:Z`` <- ``ZCtrl.ZPosGet``;
+  ``Status:Current`` <- ``Current.Get``: the three sent together, with a frame's grab or on
+  the second connection after every other command and at each status poll.
 
 What the protocol cannot tell is kept by the IOC: ``Tip:ActionCounter`` (pulses and dips
 done), ``Coarse:AreaIndex`` (area moves done), ``Status:Crashed`` (the z-controller was off
@@ -54,7 +58,7 @@ from spm_bluesky.ioc.backend import (
     Truth,
 )
 from spm_bluesky.nanonis import commands as cmd
-from spm_bluesky.nanonis.client import NanonisClient, ScanBuffer, ScanFrame
+from spm_bluesky.nanonis.client import ControllerStatus, NanonisClient, ScanBuffer, ScanFrame
 from spm_bluesky.nanonis.commands import TipShaperProps
 from spm_bluesky.nanonis.protocol import NanonisError
 from spm_bluesky.nanonis.truth import TruthClient
@@ -185,12 +189,13 @@ class NanonisBackend:
     async def _read_truth(self) -> dict[str, Any] | None:
         return None if self._truth is None else await self._do(self._truth.request())
 
-    def _state_of(self, truth: dict[str, Any] | None, z: float) -> InstrumentState:
+    def _state_of(self, truth: dict[str, Any] | None, z: float,
+                  current: float) -> InstrumentState:
         clock = float(truth["clock"]) if truth else time.monotonic() - self._started
         return InstrumentState(clock=clock, area_index=self._area_index,
                                contact=self._contact, crashed=self._crashed,
                                crash_count=self._crash_count,
-                               action_count=self._action_count, z=z)
+                               action_count=self._action_count, z=z, current=current)
 
     @staticmethod
     def _truth_of(truth: dict[str, Any] | None) -> Truth | None:
@@ -198,13 +203,17 @@ class NanonisBackend:
             return None
         return Truth(TipClass(truth["tip_class"]), float(truth["damage_area"]))
 
-    async def _outcome(self, result: T) -> Outcome[T]:
-        """``result`` with the state read now: the z-controller, z and the truth at once."""
-        contact, z, truth = await asyncio.gather(
-            self._do(self._client.z_controller_on()),
-            self._do(self._status.z_position_get()), self._read_truth())
-        self._contact = contact
-        return Outcome(result, self._state_of(truth, z), self._truth_of(truth))
+    async def _outcome(self, result: T, status: ControllerStatus | None = None) -> Outcome[T]:
+        """``result`` with the state: ``status`` if read already, else the z-controller, z
+        and current read now in one round trip (the truth meanwhile)."""
+        if status is None:
+            status, truth = await asyncio.gather(self._do(self._status.status()),
+                                                 self._read_truth())
+        else:
+            truth = await self._read_truth()
+        self._contact = status.feedback_on
+        return Outcome(result, self._state_of(truth, status.z, status.current),
+                       self._truth_of(truth))
 
     async def state(self) -> Outcome[None]:
         return await self._outcome(None)
@@ -251,21 +260,23 @@ class NanonisBackend:
     # -- commands -------------------------------------------------------------------------
 
     async def scan(self, frame: Frame) -> Outcome[np.ndarray]:
-        client = self._client
+        client, channel = self._client, self.config.z_signal
         await self.configure(frame)
-        await self._do(client.scan_action(cmd.ScanAction.START, cmd.ScanDirection.UP))
         try:
-            while not await self._do(client.wait_end_of_scan(SCAN_WAIT_MS)):
-                pass
+            acquired = await self._do(client.acquire(channel, SCAN_WAIT_MS))
+            if acquired is None:  # a frame longer than one wait: wait on, then grab it
+                while not await self._do(client.wait_end_of_scan(SCAN_WAIT_MS)):
+                    pass
+                acquired = await self._do(client.grab_with_status(channel))
         except asyncio.CancelledError:  # Scan:Abort
             self._spawn(self._quietly(client.scan_action(cmd.ScanAction.STOP)))
             raise
-        grabbed = await self._do(client.frame_data_grab(self.config.z_signal, forward=True))
+        grabbed, status = acquired
         data = grabbed.data if grabbed.scan_up else grabbed.data[::-1]
         if data.shape != (frame.pixels, frame.pixels):
             raise BackendError(f"Scan.FrameDataGrab: a frame of {data.shape}, expected "
                                f"{frame.pixels} x {frame.pixels}")
-        return await self._outcome(np.ascontiguousarray(data, np.float32))
+        return await self._outcome(np.ascontiguousarray(data, np.float32), status)
 
     async def _action(self, operation: Awaitable[Any]) -> Outcome[None]:
         """A pulse or a dip: counted once done; the feedback off afterwards is a crash."""
@@ -350,7 +361,8 @@ class _TruthSim:
             backend._crashed = True
             backend._crash_count += 1
         if fault is Fault.STALL:  # the controller answers nothing now: report what is known
-            return Outcome(None, backend._state_of(answer, float(answer["z"])),
+            current = backend._frame.setpoint if answer["contact"] else 0.0
+            return Outcome(None, backend._state_of(answer, float(answer["z"]), current),
                            backend._truth_of(answer))
         return await backend.state()
 

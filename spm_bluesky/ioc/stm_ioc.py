@@ -167,6 +167,9 @@ class StmIOC(PVGroup):
     xy_range = _readback("Status:Range", "Piezo xy range (edge of the approach area)",
                          limits.APPROACH_AREA_SIZE, "m")
     z = _readback("Status:Z", "z piezo extension", 0.0, "m")
+    current = _readback("Status:Current", "Tunnelling current: the setpoint while the z "
+                                          "feedback holds it, 0 out of tunnelling range "
+                                          "(Current.Get on a Nanonis)", 0.0, "A")
     z_range = _readback("Status:ZRange", "z piezo range", limits.Z_RANGE, "m")
     clock = _readback("Status:Clock", "Instrument time (simulated seconds in the twin)",
                       0.0, "s")
@@ -247,7 +250,8 @@ class StmIOC(PVGroup):
         values = ((self.clock, state.clock), (self.area_index, state.area_index),
                   (self.contact, int(state.contact)), (self.crashed, int(state.crashed)),
                   (self.crash_count, state.crash_count),
-                  (self.action_counter, state.action_count), (self.z, state.z))
+                  (self.action_counter, state.action_count), (self.z, state.z),
+                  (self.current, state.current))
         for pv, value in values:
             if pv.value != value:
                 await pv.write(value)
@@ -349,6 +353,8 @@ class StmIOC(PVGroup):
     @setpoint.putter
     async def setpoint(self, instance, value: float) -> None:
         await self._configure(setpoint=float(value))
+        with contextlib.suppress(BackendError, ControllerLost):  # the setpoint is applied
+            await self.refresh()  # the current follows the setpoint
 
 
 class SimStmIOC(StmIOC):

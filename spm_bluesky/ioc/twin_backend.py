@@ -3,6 +3,11 @@
 The IOC paces the twin's commands itself (``Sim:TimeScale``), so every outcome carries the
 simulated time it took. The twin is always reachable: :meth:`TwinBackend.wait_lost` never
 returns.
+
+The twin images at constant current and has no current of its own: the tunnelling current
+(``Status:Current``) is what its z feedback holds, the setpoint of the settings of record,
+while in tunnelling range, and 0 out of it, as the Nanonis simulator's ``Current.Get``
+answers.
 """
 
 from __future__ import annotations
@@ -25,16 +30,11 @@ def _done(_result: object) -> None:
     """Drop a twin call's return value (the time it took: the outcome carries it)."""
 
 
-def _state(state: TwinState) -> InstrumentState:
+def _state(state: TwinState, setpoint: float) -> InstrumentState:
     return InstrumentState(clock=state.clock, area_index=state.area_index,
                            contact=state.contact, crashed=state.crashed,
                            crash_count=state.crash_count, action_count=state.action_count,
-                           z=state.z)
-
-
-def _outcome(outcome: twin_worker.Outcome[T]) -> Outcome[T]:
-    return Outcome(outcome.result, _state(outcome.state),
-                   Truth(outcome.state.tip_class, outcome.state.damage_area), outcome.elapsed)
+                           z=state.z, current=setpoint if state.contact else 0.0)
 
 
 class _TwinSim:
@@ -42,20 +42,20 @@ class _TwinSim:
 
     paces_in_ioc = True
 
-    def __init__(self, worker: TwinWorker) -> None:
-        self._worker = worker
+    def __init__(self, backend: TwinBackend) -> None:
+        self._backend = backend
 
     async def seed(self) -> int:
-        return self._worker.seed
+        return self._backend._worker.seed
 
     async def set_time_scale(self, value: float) -> None:
         """Nothing to do: the IOC paces the twin."""
 
     async def inject_fault(self, fault: Fault) -> Outcome[None]:
-        return _outcome(await self._worker.call(lambda twin: twin.inject_fault(fault)))
+        return await self._backend._call(lambda twin: twin.inject_fault(fault))
 
     async def degrade(self) -> Outcome[None]:
-        return _outcome(await self._worker.call(lambda twin: _done(twin.degrade_tip())))
+        return await self._backend._call(lambda twin: _done(twin.degrade_tip()))
 
 
 class TwinBackend:
@@ -64,10 +64,16 @@ class TwinBackend:
     def __init__(self, seed: int) -> None:
         self.name = f"twin seed={seed}"
         self._worker = TwinWorker(Instrument(seed))
-        self.sim: SimControl | None = _TwinSim(self._worker)
+        self._setpoint = Frame().setpoint  # of the settings of record: the feedback's current
+        self.sim: SimControl | None = _TwinSim(self)
+
+    def _outcome(self, outcome: twin_worker.Outcome[T]) -> Outcome[T]:
+        state = outcome.state
+        return Outcome(outcome.result, _state(state, self._setpoint),
+                       Truth(state.tip_class, state.damage_area), outcome.elapsed)
 
     async def _call(self, operation: Callable[[Instrument], T]) -> Outcome[T]:
-        return _outcome(await self._worker.call(operation))
+        return self._outcome(await self._worker.call(operation))
 
     async def connect(self) -> None:
         """Nothing to reach."""
@@ -78,12 +84,15 @@ class TwinBackend:
 
     async def state(self) -> Outcome[None]:
         state = await self._worker.state()
-        return Outcome(None, _state(state), Truth(state.tip_class, state.damage_area))
+        return Outcome(None, _state(state, self._setpoint),
+                       Truth(state.tip_class, state.damage_area))
 
     async def configure(self, frame: Frame) -> None:
-        """Nothing to send: the frame goes with each scan."""
+        """Keep the setpoint (the feedback's current); the frame goes with each scan."""
+        self._setpoint = frame.setpoint
 
     async def scan(self, frame: Frame) -> Outcome[np.ndarray]:
+        self._setpoint = frame.setpoint
         return await self._call(lambda twin: twin.scan(frame))
 
     async def pulse(self, x: float, y: float, bias: float, duration: float) -> Outcome[None]:

@@ -1,17 +1,20 @@
 """An asyncio client for a Nanonis controller's TCP programming interface.
 
 One :class:`NanonisClient` holds one TCP connection (a Nanonis serves at most four) and
-sends one request at a time, always asking for the response, so that every command's
-error section is read: an error becomes :class:`~spm_bluesky.nanonis.protocol.NanonisError`
-with the controller's text. A timeout or a broken stream closes the connection (the stream
-can no longer be trusted to be in step) and raises :class:`ConnectionError`; the next call
-connects again.
+always asks for the response, so that every command's error section is read: an error
+becomes :class:`~spm_bluesky.nanonis.protocol.NanonisError` with the controller's text.
+A controller runs the commands of one connection in order, so :meth:`NanonisClient.call_many`
+sends a few requests at once and then reads their responses in order: one round trip for
+several reads (:meth:`NanonisClient.status`) or for a whole frame (:meth:`NanonisClient.acquire`).
+A timeout or a broken stream closes the connection (the stream can no longer be trusted to
+be in step) and raises :class:`ConnectionError`; the next call connects again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
@@ -75,6 +78,25 @@ class FrameData:
     scan_up: bool
 
 
+@dataclass(frozen=True)
+class ControllerStatus:
+    """``ZCtrl.OnOffGet``, ``ZCtrl.ZPosGet`` and ``Current.Get``, read in one round trip."""
+
+    feedback_on: bool
+    z: float
+    current: float
+
+
+#: The reads of :class:`ControllerStatus`, sent together.
+_STATUS: tuple[tuple[cmd.Command, Mapping[str, Any]], ...] = (
+    (cmd.ZCTRL_ONOFF_GET, {}), (cmd.ZCTRL_ZPOS_GET, {}), (cmd.CURRENT_GET, {}))
+
+
+def _status(on: dict[str, Any], z: dict[str, Any], current: dict[str, Any]
+            ) -> ControllerStatus:
+    return ControllerStatus(bool(on["on"]), float(z["z"]), float(current["current"]))
+
+
 class NanonisClient:
     """Typed calls to the mapped commands over one connection."""
 
@@ -122,33 +144,49 @@ class NanonisClient:
     async def call(self, command: cmd.Command, timeout: float | None = None,
                    **args: Any) -> dict[str, Any]:
         """Send ``command`` with ``args``; return its return values by name."""
-        body = command.encode_args(args)
+        return (await self.call_many((command, args), timeout=timeout))[0]
+
+    async def call_many(self, *calls: tuple[cmd.Command, Mapping[str, Any]],
+                        timeout: float | None = None) -> list[dict[str, Any]]:
+        """Send the requests of ``calls`` at once, then read their responses in order.
+
+        Every response is read, so the connection stays in step; then the first error
+        section that reports an error raises :class:`NanonisError`. A later command runs
+        even if an earlier one was refused: batch only what may run regardless.
+        """
+        bodies = [(command, command.encode_args(args)) for command, args in calls]
         async with self._lock:
             try:
                 await self.connect()
-                return await asyncio.wait_for(self._exchange(command, body),
-                                              timeout or self.timeout)
+                return await asyncio.wait_for(self._exchange(bodies), timeout or self.timeout)
             except (OSError, asyncio.IncompleteReadError, ProtocolError) as error:
                 await self.close()  # OSError covers timeouts and refused connections
-                raise ConnectionError(f"{command.name} to {self.host}:{self.port}: "
+                names = ", ".join(command.name for command, _ in calls)
+                raise ConnectionError(f"{names} to {self.host}:{self.port}: "
                                       f"{error!r}") from error
             except asyncio.CancelledError:
                 self.abandon()  # a reply may still come: the stream is out of step
                 raise
 
-    async def _exchange(self, command: cmd.Command, body: bytes) -> dict[str, Any]:
+    async def _exchange(self, bodies: list[tuple[cmd.Command, bytes]]
+                        ) -> list[dict[str, Any]]:
         assert self._reader is not None and self._writer is not None
-        self._writer.write(request(command.name, body))
+        self._writer.write(b"".join(request(command.name, body) for command, body in bodies))
         await self._writer.drain()
-        header = ResponseHeader.unpack(await self._reader.readexactly(HEADER_SIZE))
-        if header.command != command.name:
-            raise ProtocolError(f"response to {header.command!r}, expected {command.name!r}")
-        reader = BodyReader(await self._reader.readexactly(header.body_size))
-        values = command.decode_returns(reader)
-        error = ErrorSection.read(reader)
-        reader.expect_end()
-        error.raise_for(command.name)
-        return values
+        results: list[dict[str, Any]] = []
+        errors: list[tuple[str, ErrorSection]] = []
+        for command, _ in bodies:
+            header = ResponseHeader.unpack(await self._reader.readexactly(HEADER_SIZE))
+            if header.command != command.name:
+                raise ProtocolError(f"response to {header.command!r}, expected "
+                                    f"{command.name!r}")
+            reader = BodyReader(await self._reader.readexactly(header.body_size))
+            results.append(command.decode_returns(reader))
+            errors.append((command.name, ErrorSection.read(reader)))
+            reader.expect_end()
+        for name, error in errors:
+            error.raise_for(name)
+        return results
 
     # -- bias, current, z-controller ------------------------------------------------------
 
@@ -173,6 +211,10 @@ class NanonisClient:
     async def z_position_get(self) -> float:
         """``ZCtrl.ZPosGet`` (m)."""
         return float((await self.call(cmd.ZCTRL_ZPOS_GET))["z"])
+
+    async def status(self) -> ControllerStatus:
+        """``ZCtrl.OnOffGet``, ``ZCtrl.ZPosGet`` and ``Current.Get`` in one round trip."""
+        return _status(*await self.call_many(*_STATUS))
 
     async def z_controller_on(self) -> bool:
         """``ZCtrl.OnOffGet``: true while the feedback is on."""
@@ -245,6 +287,36 @@ class NanonisClient:
                           direction: cmd.ScanDirection = cmd.ScanDirection.UP) -> None:
         """``Scan.Action``."""
         await self.call(cmd.SCAN_ACTION, action=int(action), direction=int(direction))
+
+    async def acquire(self, channel: int, timeout_ms: int
+                      ) -> tuple[FrameData, ControllerStatus] | None:
+        """Scan one frame upward and grab it, in one round trip: ``Scan.Action`` (start, up),
+        ``Scan.WaitEndOfScan`` (``timeout_ms``), ``Scan.FrameDataGrab`` (``channel``,
+        forward) and the :meth:`status` reads. None if the scan had not ended within
+        ``timeout_ms`` (what was grabbed is a part of it): then wait on with
+        :meth:`wait_end_of_scan` and grab with :meth:`grab_with_status`."""
+        start = {"action": int(cmd.ScanAction.START), "direction": int(cmd.ScanDirection.UP)}
+        _, waited, *rest = await self.call_many(
+            (cmd.SCAN_ACTION, start), (cmd.SCAN_WAIT_END_OF_SCAN, {"timeout_ms": timeout_ms}),
+            *self._grab_and_status(channel), timeout=self.timeout + max(timeout_ms, 0) / 1000)
+        return None if waited["timed_out"] else self._grabbed(*rest)
+
+    async def grab_with_status(self, channel: int) -> tuple[FrameData, ControllerStatus]:
+        """``Scan.FrameDataGrab`` (``channel``, forward) and the :meth:`status` reads, in one
+        round trip."""
+        return self._grabbed(*await self.call_many(*self._grab_and_status(channel)))
+
+    @staticmethod
+    def _grab_and_status(channel: int) -> tuple[tuple[cmd.Command, Mapping[str, Any]], ...]:
+        return ((cmd.SCAN_FRAME_DATA_GRAB, {"channel": channel,
+                                            "data_direction": int(cmd.DataDirection.FORWARD)}),
+                *_STATUS)
+
+    @staticmethod
+    def _grabbed(grab: dict[str, Any], *status: dict[str, Any]
+                 ) -> tuple[FrameData, ControllerStatus]:
+        return (FrameData(grab["channel_name"], grab["data"],
+                          grab["scan_direction"] == cmd.ScanDirection.UP), _status(*status))
 
     async def scan_running(self) -> bool:
         """``Scan.StatusGet``."""

@@ -3,8 +3,9 @@
 :func:`assess_image` is a plan stub for use inside a run: it takes the last frame the STM's
 scan detector holds (or a reading a plan already has), asks an assessor, writes the answer
 into an :class:`AssessmentDevice` (soft signals, no PVs) and reads that device into the
-``assessment`` stream: ``p_good``, one ``p_<class>`` per tip class, ``label`` and
-``model_id``. :func:`assess_last_image` wraps it in a run of its own.
+``assessment`` stream: ``p_good``, one ``p_<class>`` per tip class, ``label``,
+``model_id``, ``unsure_score`` and ``unsure``. :func:`assess_last_image` wraps it in a run
+of its own.
 
 No torch here: the assessor is duck-typed (:class:`~spm_bluesky.protocols.Assessor`,
 e.g. ``spm_bluesky.ml.assessor.load_assessor()``), so this module imports without it.
@@ -35,7 +36,8 @@ class AssessmentDevice(StandardReadable):
     """Soft signals holding the latest assessment; read into the ``assessment`` stream.
 
     Read keys (device named ``assessment``): ``assessment-p_good``, ``assessment-p_<class>``
-    for every other class, ``assessment-label`` and ``assessment-model_id``.
+    for every other class, ``assessment-label``, ``assessment-model_id``,
+    ``assessment-unsure_score`` (NaN when the assessor has none) and ``assessment-unsure``.
     """
 
     def __init__(self, name: str = schema.ASSESSMENT_DEVICE) -> None:
@@ -46,6 +48,8 @@ class AssessmentDevice(StandardReadable):
                 setattr(self, f"p_{cls}", soft_signal_rw(float, float("nan")))
             self.label = soft_signal_rw(str, "")
             self.model_id = soft_signal_rw(str, "")
+            self.unsure_score = soft_signal_rw(float, float("nan"))
+            self.unsure = soft_signal_rw(bool, False)
         super().__init__(name=name)
 
     def settings(self, assessment: Assessment) -> list[Any]:
@@ -53,7 +57,8 @@ class AssessmentDevice(StandardReadable):
         args: list[Any] = []
         for cls in CLASSES:
             args += [getattr(self, f"p_{cls}"), assessment.probabilities[cls]]
-        return [*args, self.label, assessment.label, self.model_id, assessment.model_id]
+        return [*args, self.label, assessment.label, self.model_id, assessment.model_id,
+                self.unsure_score, assessment.unsure_score, self.unsure, assessment.unsure]
 
 
 def check_assessor(assessor: Any) -> None:

@@ -5,7 +5,7 @@
 
 - ``autonomous_scan``: up to ``run_images`` frames along the spiral-closest path over the
   approach-area mask; each frame is assessed and gets a verdict (kept, bad, debris, crash,
-  lost contact) and a blocked disc;
+  lost contact, unsure) and a blocked disc; unsure images in a row pause the session;
 - ``condition_tip`` after more than ``bad_limit`` bad images in a row;
 - ``move_area`` when no free cell is left or an episode failed; ``withdraw`` and
   ``approach`` to recover from a crash or lost contact.
@@ -18,6 +18,7 @@ again); see :mod:`spm_bluesky.autonomy.faults`. ``resume_state``
 rescanning its used cells.
 """
 
+import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -35,6 +36,7 @@ from spm_bluesky import schema
 from spm_bluesky.autonomy.faults import GuardedReadable, GuardedScan, LinkMonitor, ValueWatch
 from spm_bluesky.autonomy.rules import (
     UNKNOWN_TIP,
+    UNSURE_LIMIT,
     SessionConfig,
     SessionState,
     Verdict,
@@ -56,6 +58,8 @@ from spm_bluesky.plans.coarse import approach, move_area, withdraw
 from spm_bluesky.plans.episode import condition_tip
 from spm_bluesky.plans.records import FaultDevice, VerdictDevice
 from spm_bluesky.protocols import Assessor, Policy
+
+logger = logging.getLogger(__name__)
 
 #: Seconds to wait after the IOC is back before resuming (all channels reconnect).
 RECONNECT_SLEEP = 2.0
@@ -174,7 +178,11 @@ class _Session:
         ioc = SuspendBoolLow(ValueWatch(self.link.connected), sleep=RECONNECT_SLEEP,
                              post_plan=self.after_reconnect,
                              tripped_message=f"the IOC ({self.link.pv}) does not answer")
-        yield from bpp.suspend_wrapper(bpp.run_wrapper(body(), md=run_md), [contact, ioc])
+        # helper C: a checkpoint as the run's last message, so that a suspension tripped as
+        # the run ends (before its suspenders are removed) rewinds nothing: otherwise it
+        # replays the last image's messages after close_run and ends the session.
+        yield from bpp.suspend_wrapper(
+            bpp.run_wrapper(bpp.pchain(body(), bps.checkpoint()), md=run_md), [contact, ioc])
         self.keep_mask()
         return outcome[0]
 
@@ -199,8 +207,11 @@ class _Session:
         assessment = self.assessor.assess(image, frame_size)
         yield from bps.mv(*self.judge.settings(assessment))
         yield from bps.trigger_and_read([self.judge], name=schema.ASSESSMENT)
-        belief = update_belief(state.tip_belief, assessment.p_good, config)
-        judgement = classify(image, belief, self.z_range, config, state.debris_retries)
+        # An image the assessor is unsure of says nothing about the tip: the belief stays.
+        belief = (state.tip_belief if assessment.unsure
+                  else update_belief(state.tip_belief, assessment.p_good, config))
+        judgement = classify(image, belief, self.z_range, config, state.debris_retries,
+                             assessment.unsure)
         verdict = judgement.verdict
         state.observe_clock(float(reading[self.stm.scan.clock.name]["value"]))
         state.record(verdict, x, y, judgement.radius, belief)
@@ -216,7 +227,20 @@ class _Session:
         if self.truth is not None:
             yield from bps.trigger_and_read([self.truth], name=schema.TRUTH)
         yield from self.record_faults()
+        if state.count_unsure(verdict, config.unsure_limit):
+            yield from self.pause_for_person()
         return verdict
+
+    def pause_for_person(self) -> MsgGenerator[None]:
+        """Pause the session (resuming goes on): the assessor was unsure of
+        ``unsure_limit`` images in a row, so a person should look at them."""
+        logger.warning(
+            "session %s paused: the assessor was unsure of %d images in a row (they are "
+            "unlike the images it learnt from; the tip was not conditioned on them). Look at "
+            "the last images (spm-bluesky report), then resume the session.",
+            self.state.session_uid, self.config.unsure_limit)
+        yield from bps.deferred_pause()
+        yield from bps.checkpoint()
 
     def record_faults(self) -> MsgGenerator[None]:
         """Emit a ``fault`` event for each fault a suspender handled since the last image."""
@@ -266,12 +290,14 @@ class _Session:
             self.stm, self.policy, self.assessor, size=self.config.size,
             pixels=self.config.pixels, max_actions=self.config.max_actions,
             good_threshold=self.config.good_threshold, session_uid=self.state.session_uid,
-            md=self.run_md(Next.CONDITION.value), mask=self.state.mask)
+            md=self.run_md(Next.CONDITION.value), mask=self.state.mask,
+            safety=self.safety, crash_radius=self.config.crash_radius)  # helper C: crashes
         after = yield from bps.rd(self.stm.scan.frame_counter)
         self.keep_mask()
         self.state.images += max(int(after) - int(before), 0)
         self.state.episodes += 1
         self.state.actions += int(outcome["actions"])
+        self.state.crashes += int(outcome["crashes"])  # helper C: crashes during the episode
         self.state.consecutive_bad = 0
         self.state.tip_belief = UNKNOWN_TIP
         self.frame.target = self.state.mask.position
@@ -336,6 +362,7 @@ def autonomous_session(
     debris_threshold: float = 0.6e-9,
     debris_radius: float = 10e-9,
     crash_radius: float = 150e-9,
+    unsure_limit: int = UNSURE_LIMIT,
     mask_path: str | None = None,
     resume_state: SessionState | None = None,
     md: dict[str, Any] | None = None,
@@ -351,6 +378,10 @@ def autonomous_session(
     images in a row a conditioning episode runs (``policy``, ending at p(good) >
     ``good_threshold`` or after ``max_actions``). Peak to peak over ``debris_threshold``
     (m) blocks ``debris_radius`` times the retry count; a crash blocks ``crash_radius``.
+    An image the assessor is unsure of (``Assessment.unsure``) gets the verdict ``unsure``:
+    it neither moves P(tip good) nor counts as bad, so it never starts conditioning; after
+    ``unsure_limit`` of them in a row the session pauses (the RunEngine's pause, at a
+    checkpoint) for a person, and resuming goes on.
 
     The session holds its approach-area mask in memory and hands it to ``condition_tip``;
     every blocked disc is in the documents. ``mask_path`` also keeps a copy of the mask in
@@ -377,7 +408,8 @@ def autonomous_session(
         run_images=run_images, keep_threshold=keep_threshold, good_threshold=good_threshold,
         assessor_prior=assessor_prior, tip_hazard=tip_hazard,
         max_actions=max_actions, debris_threshold=debris_threshold,
-        debris_radius=debris_radius, crash_radius=crash_radius, policy=policy.name)
+        debris_radius=debris_radius, crash_radius=crash_radius, unsure_limit=unsure_limit,
+        policy=policy.name)
     if resume_state is None:
         clock = yield from bps.rd(stm.status.clock)
         area_index = yield from bps.rd(stm.status.area_index)

@@ -4,14 +4,19 @@ Each step: the policy chooses an allowed action for the last image (allowed by t
 free-square rule), the action is applied at the centre of that image's largest empty
 square, its forbidden disc is blocked in the approach-area mask, a fresh spot is scanned
 and assessed. Stops when p(good) exceeds the threshold or after ``max_actions`` actions.
-A policy that learns online (:class:`~spm_bluesky.protocols.LearningPolicy`) is told
+If the tip crashed (a dip, or a crash from outside) or lost contact during an action, the
+episode records it and recovers before going on (:func:`~spm_bluesky.plans.stubs.recover_tip`:
+a crash is made durable through ``safety`` and its disc blocked before the tip is withdrawn
+and approached; a refused action is not counted) and goes on from a fresh frame outside the
+crash disc. A policy that learns online (:class:`~spm_bluesky.protocols.LearningPolicy`) is told
 how the episode ended.
 
 Everything a later reader needs to rebuild the episode is in the run's documents:
 ``primary`` (every image, frame centre, clock), ``assessment`` (p(good), class
 probabilities, model id, one event per image), ``action`` (the step, the action's name and
 parameters, the spot, the free square, the mask, the policy's values per action, plus the
-``Tip:*`` and ``Status:*`` readings) and, with the twin, ``truth``.
+``Tip:*`` and ``Status:*`` readings), ``fault`` (a crash or lost contact during an action)
+and, with the twin, ``truth``.
 
 No torch and no twin here: the policy and the assessor are anything that answers the
 :class:`~spm_bluesky.protocols.Policy` and :class:`~spm_bluesky.protocols.Assessor`
@@ -25,13 +30,14 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
-from bluesky.utils import MsgGenerator
+from bluesky.utils import FailedStatus, MsgGenerator
 from ophyd_async.plan_stubs import ensure_connected
 
 from spm_bluesky import schema
+from spm_bluesky.autonomy.rules import Verdict
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain import limits, processing
-from spm_bluesky.domain.actions import ACTIONS, ActionKind, action_mask
+from spm_bluesky.domain.actions import ACTIONS, action_mask
 from spm_bluesky.domain.area import AreaMask
 from spm_bluesky.plans._common import (
     check_count,
@@ -42,13 +48,22 @@ from spm_bluesky.plans._common import (
     run_metadata,
 )
 from spm_bluesky.plans.assess import AssessmentDevice, assess_image, check_assessor
-from spm_bluesky.plans.records import StepDevice
-from spm_bluesky.plans.stubs import FrameSettings, apply_action, area_mask, block_disc, take_frame
+from spm_bluesky.plans.records import FaultDevice, StepDevice
+from spm_bluesky.plans.stubs import (
+    FrameSettings,
+    SafetyLog,
+    TipFaultLog,
+    apply_action,
+    area_mask,
+    block_disc,
+    recover_tip,
+    take_frame,
+)
 from spm_bluesky.protocols import HISTORY, Assessor, LearningPolicy, Policy, observation
 
 GOOD_THRESHOLD = 0.9
 MAX_ACTIONS = 100
-#: Disc blocked around a dip that crashed (m): DeepSPM's 150 nm.
+#: Disc blocked around a crash during an action (m): DeepSPM's 150 nm.
 CRASH_RADIUS = 150e-9
 
 
@@ -64,17 +79,24 @@ def condition_tip(
     session_uid: str | None = None,
     md: dict[str, Any] | None = None,
     mask: AreaMask | None = None,
+    safety: SafetyLog | None = None,
+    crash_radius: float = CRASH_RADIUS,
 ) -> MsgGenerator[dict[str, Any]]:
     """Run one conditioning episode in a run of its own; see the module docstring.
 
     Starts by scanning the next free cell (the image the first decision is made on).
     ``mask`` (updated in place) or the mask kept in ``mask_path`` (checked writable before
     anything is written, saved after every change) says where the next frames and actions
-    may go. Returns ``{"uid", "actions", "p_good", "success"}`` (success: p(good) above
-    the threshold within ``max_actions``).
+    may go. ``safety`` makes a crash durable before the instrument acts again;
+    ``crash_radius`` (m) is the disc a crash blocks. Returns ``{"uid", "actions",
+    "crashes", "p_good", "success"}`` (actions applied; success: p(good) above the
+    threshold within ``max_actions`` tries).
     """
     check_stm(stm)
     check_count("max_actions", max_actions)
+    if not 0.0 < crash_radius <= limits.APPROACH_AREA_SIZE:
+        raise ValueError(f"crash_radius={crash_radius!r} m must be above 0 and at most the "
+                         f"approach area ({limits.APPROACH_AREA_SIZE!r} m)")
     limits.check_frame(0.0, 0.0, size, pixels)
     if not 0.0 < good_threshold < 1.0:
         raise ValueError(f"good_threshold={good_threshold!r} must be between 0 and 1")
@@ -91,8 +113,10 @@ def condition_tip(
                                      {schema.MODEL_IDS: model_ids, **(md or {})})
     judge = AssessmentDevice()
     step_device = StepDevice()
-    yield from ensure_connected(judge, step_device)
-    outcome: dict[str, Any] = {"actions": 0, "p_good": float("nan"), "success": False}
+    faults = TipFaultLog(FaultDevice(), safety, session_uid)
+    yield from ensure_connected(judge, step_device, faults.device)
+    outcome: dict[str, Any] = {"actions": 0, "crashes": 0, "p_good": float("nan"),
+                               "success": False}
     settings = FrameSettings(size, pixels)
 
     def scan_fresh(first: bool) -> MsgGenerator[tuple[np.ndarray, Any] | None]:
@@ -106,15 +130,19 @@ def condition_tip(
         image = np.asarray(reading[stm.scan.image.name]["value"], dtype=np.float64)
         return image, assessment
 
-    def apply(index: int, x: float, y: float) -> MsgGenerator[None]:
-        action = ACTIONS[index]
-        yield from apply_action(stm, action, x, y)
-        if action.kind is ActionKind.DIP:
-            crashed = yield from bps.rd(stm.status.crashed)
-            if crashed:
-                yield from block_disc(mask, x, y, CRASH_RADIUS, mask_file)
-                yield from bps.trigger(stm.coarse.withdraw, wait=True)
-                yield from bps.trigger(stm.coarse.approach, wait=True)
+    def apply(index: int, x: float, y: float) -> MsgGenerator[bool]:
+        """Apply the action, then recover from a crash or lost contact; True if applied
+        (False: the instrument refused it because the tip had crashed or lost contact)."""
+        refused: FailedStatus | None = None
+        try:
+            yield from apply_action(stm, ACTIONS[index], x, y)
+        except FailedStatus as err:
+            refused = err
+        fault = yield from recover_tip(stm, mask, faults, x, y, crash_radius, mask_file)
+        if refused is not None and fault is None:
+            raise refused
+        outcome["crashes"] += fault == Verdict.CRASH.value
+        return refused is None
 
     def episode() -> MsgGenerator[None]:
         policy.reset(None)
@@ -140,7 +168,14 @@ def condition_tip(
             centre_y = yield from bps.rd(stm.scan.center_y)
             x, y = float(centre_x) + dx, float(centre_y) + dy
             yield from bps.checkpoint()
-            yield from apply(index, x, y)
+            applied = yield from apply(index, x, y)
+            if not applied:  # the tip crashed or lost contact first: a fresh frame
+                scanned = yield from scan_fresh(first=False)
+                if scanned is None:
+                    break
+                image, assessment = scanned
+                outcome["p_good"] = assessment.p_good
+                continue
             action = ACTIONS[index]
             values = np.full(len(ACTIONS), np.nan)
             if decision.values is not None:
@@ -155,7 +190,7 @@ def condition_tip(
                 d.values, values, d.policy, policy.name)
             yield from bps.trigger_and_read([d, stm.tip, stm.status], name=schema.ACTION)
             yield from block_disc(mask, x, y, action.forbidden_radius, mask_file)
-            outcome["actions"] = step
+            outcome["actions"] += 1
             scanned = yield from scan_fresh(first=False)
             if scanned is None:
                 break

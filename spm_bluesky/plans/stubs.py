@@ -1,5 +1,6 @@
 """Plan stubs the plans are built from: set and take a frame, apply a conditioning action,
-block a disc of the approach-area mask, pick the mask to work on.
+block a disc of the approach-area mask, pick the mask to work on, recover the tip after a
+crash or a lost contact during an action.
 
 Each runs inside a run a plan has opened (none opens or closes one), so the plans compose
 them with ``yield from``: a survey is frames in a row, a conditioning episode alternates
@@ -10,6 +11,7 @@ discs in ``decision``), so a session's mask can be rebuilt from Tiled alone; a m
 is only a convenience copy for sessions without one.
 """
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,19 @@ import numpy as np
 from bluesky.protocols import Reading
 from bluesky.utils import MsgGenerator
 
+from spm_bluesky import schema
+from spm_bluesky.autonomy.rules import Verdict
+from spm_bluesky.autonomy.state import CRASH_MARK, crash_mark
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain import limits
 from spm_bluesky.domain.actions import ActionKind, TipAction
 from spm_bluesky.domain.area import CELL_SIZE, AreaMask
 from spm_bluesky.plans._common import read_truth
+from spm_bluesky.plans.records import FaultDevice
+
+#: Makes a safety record durable before the plan goes on: ``safety(kind, data)``
+#: (e.g. :meth:`spm_bluesky.storage.durable.DurablePath.mark`).
+SafetyLog = Callable[[str, Mapping[str, Any]], None]
 
 
 def check_action(action: TipAction, x: float, y: float) -> None:
@@ -146,6 +156,58 @@ def apply_action(stm: STM, action: TipAction, x: float, y: float) -> MsgGenerato
         yield from bps.trigger(stm.tip.dip, wait=True)
 
 
+@dataclass(frozen=True)
+class TipFaultLog:
+    """Where a plan records a tip fault: the ``fault`` stream's device, the durable safety
+    log (None: none kept) and the session the crash marks belong to."""
+
+    device: FaultDevice
+    safety: SafetyLog | None = None
+    session_uid: str | None = None
+
+
+def recover_tip(
+    stm: STM,
+    mask: AreaMask,
+    log: TipFaultLog,
+    x: float,
+    y: float,
+    crash_radius: float,
+    mask_file: Path | None = None,
+) -> MsgGenerator[str | None]:
+    """If the tip crashed or lost contact (e.g. during an action at (x, y)), record it and
+    approach again; return the fault's kind (``"crash"``, ``"lost_contact"``) or None.
+
+    A crash is made durable first (a crash mark through ``log.safety``, before the
+    instrument acts again), its disc of ``crash_radius`` around (x, y) is blocked (the
+    spiral goes on from there, so the next frame is outside it), a ``fault`` event records
+    it, then the tip is withdrawn and approached. A lost contact gets a ``fault`` event
+    (no disc) and an approach.
+    """
+    status = yield from bps.read(stm.status)
+    crashed = bool(status[stm.status.crashed.name]["value"])
+    if not crashed and status[stm.status.contact.name]["value"]:
+        return None
+    clock = float(status[stm.status.clock.name]["value"])
+    crash_count = int(status[stm.status.crash_count.name]["value"])
+    area = int(status[stm.status.area_index.name]["value"])
+    radius = crash_radius if crashed else 0.0
+    if crashed:
+        if log.safety is not None:
+            log.safety(CRASH_MARK, crash_mark(log.session_uid or "", area, x, y, radius,
+                                              clock, crash_count))
+        yield from block_disc(mask, x, y, radius, mask_file)
+    kind = (Verdict.CRASH if crashed else Verdict.LOST_CONTACT).value
+    f = log.device
+    yield from bps.mv(f.kind, kind, f.x, x, f.y, y, f.radius, radius, f.clock, clock,
+                      f.crash_count, crash_count)
+    yield from bps.trigger_and_read([f], name=schema.FAULT)
+    if crashed:
+        yield from bps.trigger(stm.coarse.withdraw, wait=True)
+    yield from bps.trigger(stm.coarse.approach, wait=True)
+    return kind
+
+
 def area_mask(
     stm: STM,
     mask: AreaMask | None = None,
@@ -172,5 +234,5 @@ def area_mask(
     return mask
 
 
-__all__ = ["FrameSettings", "apply_action", "area_mask", "block_disc", "check_action",
-           "set_frame", "take_frame"]
+__all__ = ["FrameSettings", "SafetyLog", "TipFaultLog", "apply_action", "area_mask",
+           "block_disc", "check_action", "recover_tip", "set_frame", "take_frame"]

@@ -97,6 +97,8 @@ class _SessionBuilder:
         """The images of one run, with their assessment, verdict and true class; faults."""
         frames = run.frames()
         judged = {a.seq_num: a for a in run.assessments()}
+        unsure = {seq_num: float(data.get(schema.ASSESSMENT_UNSURE_SCORE, float("nan")))
+                  for seq_num, data in run.rows(schema.ASSESSMENT)}
         truth = {t.seq_num: t.tip_state for t in run.truths()}
         decided = ({d.seq_num: d for d in run.decisions()}
                    if run.plan_name == schema.AUTONOMOUS_SCAN else {})
@@ -116,7 +118,7 @@ class _SessionBuilder:
                 p_good=assessment.p_good if assessment is not None else float("nan"),
                 verdict=verdict, truth=truth.get(frame.seq_num),
                 tip_belief=decision.tip_belief if decision is not None else None,
-                source=source))
+                source=source, unsure_score=unsure.get(frame.seq_num, float("nan"))))
             if decision is not None and verdict in DISC_VERDICTS:
                 self.data.discs.append(decision.disc())
                 if verdict == Verdict.CRASH:

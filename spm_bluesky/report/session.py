@@ -53,6 +53,8 @@ class ImageRecord:
     tip_belief: float | None = None
     #: The file an imported image came from; None for an image the session scanned.
     source: str | None = None
+    #: The assessor's out-of-distribution score (NaN when it has none).
+    unsure_score: float = float("nan")
 
     @property
     def kept(self) -> bool:
@@ -162,6 +164,8 @@ class YieldFigures:
     area_moves: int
     #: Images of imported files (no verdict: counted apart from the kept ones).
     imported_images: int = 0
+    #: The unsure scores of the images the loop did not act on (verdict ``unsure``).
+    unsure_scores: tuple[float, ...] = ()
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs in the order shown."""
@@ -170,6 +174,11 @@ class YieldFigures:
         if self.imported_images:
             rows.append(("imported images (no verdict)", str(self.imported_images)))
         rows.append(("good images (kept)", str(self.good_images)))
+        if self.unsure_scores:
+            scores = np.asarray(self.unsure_scores)
+            rows.append(("unsure images (not acted on)",
+                         f"{len(scores)}: scores {np.nanmin(scores):.0f} to "
+                         f"{np.nanmax(scores):.0f}, median {np.nanmedian(scores):.0f}"))
         if self.truly_good_images is not None:
             rows.append(("kept with a truly good tip (twin)", str(self.truly_good_images)))
         rows += [("good images per simulated hour", f"{self.good_per_hour:.1f}"),
@@ -196,6 +205,8 @@ def yield_figures(data: SessionData) -> YieldFigures:
         crashes=len(data.crashes),
         area_moves=len(data.area_moves),
         imported_images=sum(r.imported for r in data.images),
+        unsure_scores=tuple(r.unsure_score for r in data.images
+                            if r.verdict == Verdict.UNSURE),
     )
 
 

@@ -8,7 +8,11 @@ settings) in a state file, ``<data dir>/services.json`` (mode 0600: it holds the
 commands themselves are in :mod:`spm_bluesky.commandline.services`. With ``--backend
 nanonis-sim`` the Nanonis simulator runs as a third process and the IOC speaks the Nanonis
 protocol to it (:mod:`spm_bluesky.services.nanonis_sim`); with ``--backend nanonis`` the IOC
-talks to a real controller.
+talks to a real controller. With ``--bus amqp://...`` (facility mode) the Tiled writer is a
+third process, a consumer of the broker's queue (:mod:`spm_bluesky.storage.bus_consumer`);
+the state file records the broker's URL without its password, which stays in
+``$SPM_BUS_PASSWORD`` or, if it came in the URL, in ``<data dir>/bus.secret`` (mode 0600,
+removed by ``down``).
 
 The data directory is ``--data-dir``, else ``$SPM_BLUESKY_HOME``, else ``./spm-data``.
 """
@@ -26,7 +30,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import psutil
@@ -34,6 +38,10 @@ import psutil
 from spm_bluesky.domain.limits import DEFAULT_PREFIX
 from spm_bluesky.services.epics_env import free_port, loopback_ca_env
 from spm_bluesky.services.nanonis_sim import SIM_LOG, SimLaunch, ioc_arguments, truth_state
+
+if TYPE_CHECKING:  # the bus (pika, the journal's codec) is loaded only when used
+    from spm_bluesky.services.bus_launch import ConsumerLaunch
+    from spm_bluesky.storage.bus import BusAddress
 
 #: Environment variable naming the data directory (state file, Tiled data, RE metadata).
 HOME_ENV = "SPM_BLUESKY_HOME"
@@ -54,6 +62,10 @@ _IOC_READY = re.compile(r"\bready\b.*\bport=(\d+)")
 
 class ServiceError(RuntimeError):
     """A service could not be started or reached; the message is meant for the user."""
+
+
+class BusUnreachable(ServiceError):
+    """The broker of ``--bus`` cannot be used; nothing was started."""
 
 
 def data_dir_from(value: str | os.PathLike[str] | None = None,
@@ -120,6 +132,10 @@ class ServiceState:
     sim_ports: tuple[int, int] | None = None
     #: The folder of STM files Tiled serves (``up --serve-files``), absolute; None if none.
     files_dir: str | None = None
+    #: Facility mode: the broker's URL without password, and the Tiled consumer process.
+    bus_url: str | None = None
+    bus_consumer: ProcessRecord | None = None
+    bus_exchange: str | None = None
 
     @property
     def path(self) -> Path:
@@ -131,6 +147,8 @@ class ServiceState:
         records = {"ioc": self.ioc, "tiled": self.tiled}
         if self.nanonis_sim is not None:
             records["nanonis-sim"] = self.nanonis_sim
+        if self.bus_consumer is not None:
+            records["consumer"] = self.bus_consumer
         return records
 
     def write(self) -> Path:
@@ -160,8 +178,9 @@ class ServiceState:
                                f"{STATE_VERSION}: stop its services by PID and delete it")
         raw["ioc"] = ProcessRecord(**raw["ioc"])
         raw["tiled"] = ProcessRecord(**raw["tiled"])
-        if raw.get("nanonis_sim"):
-            raw["nanonis_sim"] = ProcessRecord(**raw["nanonis_sim"])
+        for name in ("nanonis_sim", "bus_consumer"):
+            if raw.get(name):
+                raw[name] = ProcessRecord(**raw[name])
         for name in ("ioc_args", "sim_ports"):
             if raw.get(name) is not None:
                 raw[name] = tuple(raw[name])
@@ -185,6 +204,10 @@ class UpOptions:
     nanonis: str | None = None
     #: A folder of STM files (``.sxm``, ``.dat``) Tiled serves beside the runs (``--serve-files``).
     serve_files: Path | None = None
+    #: Facility mode: the broker's ``amqp://`` URL (``--bus``), password and all; None: off.
+    bus: str | None = None
+    #: The exchange documents go to (``--bus-exchange``); None: the default one.
+    bus_exchange: str | None = None
 
 
 @contextlib.contextmanager
@@ -311,6 +334,21 @@ class IocLaunch:
                 _stop(psutil.Process(self.process.pid))
 
 
+#: Tries at starting the IOC on ports chosen here, when one turns out to be taken.
+PORT_ATTEMPTS = 3
+ADDRESS_IN_USE = "Address already in use"
+
+
+def _ca_ports(ioc_port: int | None) -> tuple[int, int, dict[str, str]]:
+    """The IOC's CA port (``ioc_port``, or a free one), a free repeater port, and the
+    loopback CA environment for both."""
+    ca_port = ioc_port or free_port()
+    repeater_port = free_port()
+    while repeater_port == ca_port:
+        repeater_port = free_port()
+    return ca_port, repeater_port, loopback_ca_env(ca_port, repeater_port)
+
+
 def up(options: UpOptions) -> tuple[ServiceState, bool]:
     """Start the IOC and Tiled in the background and write the state file.
 
@@ -330,20 +368,19 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
     if previous is not None:
         if all(rec.alive() for rec in previous.records().values()):
             return previous, False
-        return restart_down(previous, options.timeout), True
+        return restart_down(previous, options.timeout, bus=options.bus), True
+    exchange = _exchange(options.bus_exchange)
+    bus = _checked_bus(options.bus, exchange, fresh=True)  # before anything starts
     if options.ioc_port is not None:
         check_port_free(options.ioc_port, "the IOC", "--ioc-port", udp=True)
     if options.tiled_port is not None:
         check_port_free(options.tiled_port, "Tiled", "--tiled-port")
-    ca_port = options.ioc_port or free_port()
-    repeater_port = free_port()
-    while repeater_port == ca_port:
-        repeater_port = free_port()
-    epics_env = loopback_ca_env(ca_port, repeater_port)
+    ca_port, repeater_port, epics_env = _ca_ports(options.ioc_port)
 
     sim, sim_ports, backend_args = _start_backend(options, ca_port, repeater_port)
     ioc = IocLaunch.start(options.prefix, options.seed, ca_port, data_dir / IOC_LOG, epics_env,
                           options.time_scale, backend_args)  # starts while Tiled starts
+    consumer: ConsumerLaunch | None = None
     try:
         from spm_bluesky.storage.server import TiledConfig, TiledServerError, start_server
 
@@ -359,7 +396,22 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
                     sim.wait_ready(options.timeout)
                 except RuntimeError as err:
                     raise ServiceError(str(err)) from None
-            ioc.wait_ready(options.prefix, epics_env, options.timeout)
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                try:
+                    ioc.wait_ready(options.prefix, epics_env, options.timeout)
+                    break
+                except ServiceError as err:
+                    # A port chosen here can be taken before the IOC binds it (another
+                    # process's CA client may draw it as its UDP port): choose again.
+                    if (options.ioc_port is not None or attempt == PORT_ATTEMPTS
+                            or ADDRESS_IN_USE not in str(err)):
+                        raise
+                ca_port, repeater_port, epics_env = _ca_ports(None)
+                ioc = IocLaunch.start(options.prefix, options.seed, ca_port,
+                                      data_dir / IOC_LOG, epics_env, options.time_scale,
+                                      backend_args)
+            consumer = None if bus is None else _start_consumer(
+                data_dir, tiled.uri, tiled.api_key, bus, exchange, options.timeout)
             state = ServiceState(
                 data_dir=str(data_dir), prefix=options.prefix, seed=options.seed,
                 sim=options.backend != "nanonis",
@@ -373,9 +425,19 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
                     sim.process.pid, f"{LOOPBACK}:{sim.port}", sim.log_path),
                 sim_ports=sim_ports,
                 files_dir=None if config.files_dir is None else str(config.files_dir),
+                bus_url=None if bus is None else bus.url,
+                bus_exchange=None if bus is None else exchange,
+                bus_consumer=None if consumer is None or bus is None else ProcessRecord.of(
+                    consumer.process.pid, bus.url, consumer.log_path),
             )
             state.write()
+            if bus is not None:
+                from spm_bluesky.services.bus_launch import save_secret
+
+                save_secret(data_dir, bus)
         except BaseException:
+            if consumer is not None:
+                consumer.stop()
             tiled.stop()
             raise
     except BaseException:
@@ -384,6 +446,52 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
             sim.stop()
         raise
     return state, True
+
+
+def _exchange(name: str | None) -> str:
+    from spm_bluesky.storage.bus import EXCHANGE
+
+    return name or EXCHANGE
+
+
+def _checked_bus(url: str | None, exchange: str, data_dir: Path | None = None, *,
+                 fresh: bool = False) -> BusAddress | None:
+    """The broker of ``--bus`` (None: no bus), once it answers and holds the exchange and
+    its Tiled queue; BusUnreachable if not. ``fresh``: ServiceError if another consumer
+    already takes that queue (another Tiled would get half the documents).
+
+    With ``data_dir``, ``url`` is the recorded one and its password is looked up there."""
+    from spm_bluesky.services.bus_launch import recorded_address
+    from spm_bluesky.storage.bus import BusError, parse_bus_url, queue_state, tiled_queue
+
+    if url is None:
+        return None
+    try:
+        address = (parse_bus_url(url) if data_dir is None
+                   else recorded_address(data_dir, url))
+        _, consumers = queue_state(address, exchange)
+    except BusError as err:
+        raise BusUnreachable(str(err)) from None
+    if fresh and consumers:
+        raise ServiceError(f"the queue {tiled_queue(exchange)} at {address.url} already has a "
+                           "consumer (another `spm-bluesky up --bus`?): give each Tiled its own "
+                           "--bus-exchange")
+    return address
+
+
+def _start_consumer(data_dir: Path, tiled_uri: str, api_key: str, bus: BusAddress,
+                    exchange: str, timeout: float) -> ConsumerLaunch:
+    """Start the Tiled consumer and wait until it consumes; ServiceError if it does not."""
+    from spm_bluesky.services.bus_launch import ConsumerLaunch
+    from spm_bluesky.storage.bus import BusError
+
+    consumer = ConsumerLaunch.start(data_dir, tiled_uri, api_key, bus, exchange)
+    try:
+        consumer.wait_ready(timeout)
+    except BusError as err:
+        consumer.stop()
+        raise ServiceError(str(err)) from None
+    return consumer
 
 
 def _start_backend(options: UpOptions, *taken: int
@@ -408,13 +516,16 @@ def _start_backend(options: UpOptions, *taken: int
     return sim, (ports[0], ports[1]), tuple(ioc_arguments(ports[0], ports[1]))
 
 
-def restart_down(previous: ServiceState, timeout: float = 60.0) -> ServiceState:
+def restart_down(previous: ServiceState, timeout: float = 60.0, *, bus: str | None = None
+                 ) -> ServiceState:
     """Start again each recorded service that is down, alone, as it was recorded.
 
     The IOC comes back on its CA port with the same prefix, seed and ``EPICS_CA_*``
-    settings (a fresh twin); Tiled on its port with the same API key and data. What still
-    runs is left alone, so a running session sees a delay, not new addresses. Raises
-    ServiceError if a recorded port is taken meanwhile; then nothing started here runs.
+    settings (a fresh twin); Tiled on its port with the same API key and data; the Tiled
+    consumer on the recorded broker (with the password of ``bus``, the URL given to this
+    ``up``, when it names the same broker). What still runs is left alone, so a running
+    session sees a delay, not new addresses. Raises ServiceError if a recorded port is
+    taken meanwhile; then nothing started here runs.
     """
     from spm_bluesky.storage.server import TiledConfig, TiledServerError, start_server
 
@@ -455,13 +566,45 @@ def restart_down(previous: ServiceState, timeout: float = 60.0) -> ServiceState:
                                    ) from None
             started.append(tiled)
             tiled_record = ProcessRecord.of(tiled.pid, tiled.uri, tiled.log_path)
+        consumer_record = previous.bus_consumer
+        if previous.bus_url is not None and not (consumer_record and consumer_record.alive()):
+            from spm_bluesky.services.bus_launch import save_secret
+
+            address = _restart_address(previous, bus)
+            consumer = _start_consumer(data_dir, previous.tiled_uri, previous.api_key,
+                                       address, _exchange(previous.bus_exchange), timeout)
+            started.append(consumer)
+            consumer_record = ProcessRecord.of(consumer.process.pid, previous.bus_url,
+                                               consumer.log_path)
+            save_secret(data_dir, address)
     except BaseException:
         for service in started:
             service.stop()
         raise
-    state = replace(previous, ioc=ioc_record, tiled=tiled_record, nanonis_sim=sim_record)
+    state = replace(previous, ioc=ioc_record, tiled=tiled_record, nanonis_sim=sim_record,
+                    bus_consumer=consumer_record)
     state.write()
     return state
+
+
+def _restart_address(previous: ServiceState, bus: str | None) -> BusAddress:
+    """The recorded broker, answering, with the password of ``bus`` if that names it."""
+    from spm_bluesky.storage.bus import BusError, parse_bus_url
+
+    recorded = previous.bus_url
+    assert recorded is not None
+    exchange = _exchange(previous.bus_exchange)
+    if bus is not None:
+        try:
+            given = parse_bus_url(bus)
+        except BusError as err:
+            raise BusUnreachable(str(err)) from None
+        if given.url != recorded:
+            raise ServiceError(f"the services in {previous.data_dir} use the broker {recorded}, "
+                               f"not {given.url}: `spm-bluesky down` first to change it")
+        if given.password is not None:
+            return _checked_bus(bus, exchange) or given
+    return _checked_bus(recorded, exchange, Path(previous.data_dir)) or parse_bus_url(recorded)
 
 
 def _port_taken(port: int, udp: bool = False) -> str | None:
@@ -484,6 +627,10 @@ def down(data_dir: Path, timeout: float = 10.0) -> ServiceState | None:
         if proc is not None:
             _stop(proc, timeout)
     state.path.unlink(missing_ok=True)
+    if state.bus_url is not None:
+        from spm_bluesky.services.bus_launch import remove_secret
+
+        remove_secret(data_dir)
     return state
 
 
@@ -530,7 +677,25 @@ def status(data_dir: Path) -> tuple[ServiceState | None, list[ServiceStatus]]:
         services.append(ServiceStatus(
             "nanonis-sim", state.nanonis_sim, sim_running, truth is not None,
             f"Nanonis TCP, truth channel port {state.sim_ports[1]}"))
+    if state.bus_consumer is not None and state.bus_url is not None:
+        services.append(_consumer_status(state, state.bus_consumer, state.bus_url))
     return state, services
+
+
+def _consumer_status(state: ServiceState, record: ProcessRecord, url: str) -> ServiceStatus:
+    """The Tiled consumer: alive, and does the broker see it consume its queue?"""
+    from spm_bluesky.services.bus_launch import recorded_address
+    from spm_bluesky.storage.bus import BusError, queue_state, tiled_queue
+
+    running = record.alive()
+    exchange = _exchange(state.bus_exchange)
+    try:
+        ready, consumers = queue_state(recorded_address(Path(state.data_dir), url), exchange)
+    except BusError as err:
+        return ServiceStatus("consumer", record, running, False, f"AMQP: {err}")
+    return ServiceStatus("consumer", record, running, running and consumers > 0,
+                         f"AMQP, queue {tiled_queue(exchange)}: {consumers} consumer(s), "
+                         f"{ready} message(s) waiting")
 
 
 def client_ca_env(epics_env: Mapping[str, str]) -> dict[str, str]:

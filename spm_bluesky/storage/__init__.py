@@ -10,6 +10,9 @@
 ``durable``       the journal and its drain together, as a session uses them
 ``journal_runs``  a session's runs as the journal holds them (for resume)
 ``preflight``     checks before a session acts: journal writable, disk space
+``bus``           facility mode: the exchange, the queue, the message format, broker addresses
+``bus_publish``   the session's side of facility mode: journal, then publish with confirms
+``bus_consumer``  the Tiled consumer process: acknowledges only what Tiled has stored
 ================  =================================================================================
 
     from spm_bluesky.storage import SessionReader, connect

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,6 @@ from tiled.client.container import Container
 
 from spm_bluesky.storage.journal import (
     Position,
-    Record,
     RecordKind,
     read_cursor,
     read_records,
@@ -64,6 +64,13 @@ class _QuietOutage(logging.Filter):
 
 _WRITER_LOGGER = "bluesky_tiled_plugins.writing.tiled_writer"
 _QUIET = _QuietOutage()
+
+
+def quiet_outages() -> None:
+    """Keep TiledWriter's tracebacks for an unreachable Tiled out of the log (idempotent)."""
+    writer_logger = logging.getLogger(_WRITER_LOGGER)
+    if _QUIET not in writer_logger.filters:
+        writer_logger.addFilter(_QUIET)
 
 
 class _RunFeed:
@@ -102,6 +109,109 @@ class DrainStats:
     acknowledged: Position = field(default_factory=lambda: Position(0, 0))
 
 
+class Fed(StrEnum):
+    """What became of one document handed to :meth:`RunFeeds.feed`."""
+
+    #: Part of a run being written; Tiled holds it once its run is stored.
+    OPEN = "open"
+    #: The run's stop document: Tiled now holds the run whole.
+    STORED = "stored"
+    #: A document of a run Tiled already holds whole: nothing was written.
+    SKIPPED = "skipped"
+    #: A document of a run whose start was not seen: dropped.
+    ORPHAN = "orphan"
+
+
+class RunFeeds:
+    """The runs on their way into Tiled: each document goes to its run's writer.
+
+    A run Tiled holds with its stop document is skipped; a run it holds in part is deleted
+    and written again whole (see the module doc). Shared by the journal's :class:`Drain`
+    and the bus consumer (:mod:`spm_bluesky.storage.bus_consumer`). ``connect`` makes a new
+    Tiled client; after any failure call :meth:`reset` and start over from the oldest
+    ``start`` token of :meth:`opened`.
+    """
+
+    def __init__(self, connect: Callable[[], Container], stats: DrainStats) -> None:
+        self._connect = connect
+        self.stats = stats
+        self._client: Container | None = None
+        self._feeds: dict[str, _RunFeed] = {}
+        self._skipped: set[str] = set()
+        self._run_of_descriptor: dict[str, str] = {}
+
+    def _client_now(self) -> Container:
+        if self._client is None:
+            self._client = self._connect().include_data_sources()
+        return self._client
+
+    def _begin(self, uid: str, start: Any) -> None:
+        client = self._client_now()
+        if uid in client:
+            stored = client[uid]
+            if "stop" in stored.metadata:
+                self._skipped.add(uid)
+                self._feeds.pop(uid, None)
+                self.stats.runs_skipped += 1
+                return
+            stored.delete(recursive=True, external_only=False)
+            self.stats.runs_resent += 1
+        self._feeds[uid] = _RunFeed(client, start)
+
+    def run_of(self, name: str, doc: dict[str, Any]) -> str:
+        """The uid of the run ``doc`` belongs to ('' if its descriptor was not seen)."""
+        if name == "start":
+            return str(doc["uid"])
+        if name == "descriptor":
+            self._run_of_descriptor[doc["uid"]] = doc["run_start"]
+            return str(doc["run_start"])
+        if name in ("event", "event_page"):
+            return self._run_of_descriptor.get(doc["descriptor"], "")
+        return str(doc.get("run_start", ""))
+
+    def feed(self, name: str, doc: dict[str, Any], start: Any = None) -> tuple[str, Fed]:
+        """Hand one document to its run's writer; its run uid and what became of it.
+
+        ``start`` is kept with a run begun by this (start) document (a journal position,
+        a delivery tag). Raises whatever Tiled raised.
+        """
+        uid = self.run_of(name, doc)
+        if name == "start":
+            self._begin(uid, start)
+        if uid in self._skipped:
+            if name == "stop":
+                self._skipped.discard(uid)
+            return uid, Fed.SKIPPED
+        feed = self._feeds.get(uid)
+        if feed is None:
+            logger.warning("a %s document of run %r whose start was not read; skipped",
+                           name, uid)
+            return uid, Fed.ORPHAN
+        feed(name, doc)
+        self.stats.documents += 1
+        if name == "stop":
+            del self._feeds[uid]
+            self.stats.runs_stored += 1
+            return uid, Fed.STORED
+        return uid, Fed.OPEN
+
+    def flush(self) -> None:
+        """Write the events held by every open run, one append per stream."""
+        for feed in self._feeds.values():
+            feed.flush()
+
+    def opened(self) -> list[Any]:
+        """The ``start`` tokens of the runs being written (not yet whole in Tiled)."""
+        return [feed.start for feed in self._feeds.values()]
+
+    def reset(self) -> None:
+        """Forget what was being written and the client (after a failure)."""
+        self._client = None
+        self._feeds.clear()
+        self._skipped.clear()
+        self._run_of_descriptor.clear()
+
+
 class Drain:
     """Fills Tiled from the journal in ``directory``; see the module doc.
 
@@ -113,68 +223,19 @@ class Drain:
                  batch: int = DRAIN_BATCH, poll: float = DRAIN_POLL,
                  max_backoff: float = MAX_BACKOFF) -> None:
         self.directory = Path(directory)
-        self._connect = connect
         self.batch, self.poll, self.max_backoff = batch, poll, max_backoff
         self.stats = DrainStats()
-        self._client: Container | None = None
+        self._runs = RunFeeds(connect, self.stats)
         self._cursor = read_cursor(self.directory)
         self._read = self._cursor
-        self._feeds: dict[str, _RunFeed] = {}
-        self._skipped: set[str] = set()
-        self._run_of_descriptor: dict[str, str] = {}
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- one pass ---------------------------------------------------------------------------
 
-    def _client_now(self) -> Container:
-        if self._client is None:
-            self._client = self._connect().include_data_sources()
-        return self._client
-
-    def _begin(self, record: Record) -> None:
-        client = self._client_now()
-        uid = record.body["uid"]
-        if uid in client:
-            stored = client[uid]
-            if "stop" in stored.metadata:
-                self._skipped.add(uid)
-                self.stats.runs_skipped += 1
-                return
-            stored.delete(recursive=True, external_only=False)
-            self.stats.runs_resent += 1
-        self._feeds[uid] = _RunFeed(client, record.start)
-
-    def _feed(self, record: Record) -> None:
-        name, doc = record.name, record.body
-        if name == "start":
-            self._begin(record)
-            uid = doc["uid"]
-        elif name == "descriptor":
-            uid = doc["run_start"]
-            self._run_of_descriptor[doc["uid"]] = uid
-        elif name in ("event", "event_page"):
-            uid = self._run_of_descriptor.get(doc["descriptor"], "")
-        else:
-            uid = doc.get("run_start", "")
-        if uid in self._skipped:
-            if name == "stop":
-                self._skipped.discard(uid)
-            return
-        feed = self._feeds.get(uid)
-        if feed is None:
-            logger.warning("journal: a %s document of run %r whose start was not read; skipped",
-                           name, uid)
-            return
-        feed(name, doc)
-        self.stats.documents += 1
-        if name == "stop":
-            del self._feeds[uid]
-            self.stats.runs_stored += 1
-
     def _acknowledge(self) -> None:
-        opened = [feed.start for feed in self._feeds.values()]
+        opened = self._runs.opened()
         cursor = min(opened) if opened else self._read
         if cursor != self._cursor:
             write_cursor(self.directory, cursor)
@@ -190,21 +251,17 @@ class Drain:
         for record in read_records(self.directory, self._read):
             self._read = record.end
             if record.kind is RecordKind.DOCUMENT:
-                self._feed(record)
+                self._runs.feed(record.name, record.body, record.start)
             count += 1
             if count >= self.batch:
                 break
-        for feed in self._feeds.values():
-            feed.flush()
+        self._runs.flush()
         self._acknowledge()
         return count > 0
 
     def reset(self) -> None:
         """Forget what was being written; the next pass starts over from the cursor."""
-        self._client = None
-        self._feeds.clear()
-        self._skipped.clear()
-        self._run_of_descriptor.clear()
+        self._runs.reset()
         self._read = self._cursor
 
     def pending(self) -> bool:
@@ -243,9 +300,7 @@ class Drain:
 
     def start(self) -> Drain:
         """Run the drain in a daemon thread; returns self."""
-        writer_logger = logging.getLogger(_WRITER_LOGGER)
-        if _QUIET not in writer_logger.filters:
-            writer_logger.addFilter(_QUIET)
+        quiet_outages()
         self._thread = threading.Thread(target=self._loop, name="journal-drain", daemon=True)
         self._thread.start()
         return self

@@ -5,7 +5,8 @@ left open), starts the drain thread, and gives a :class:`DurablePath`: subscribe
 RunEngine (each document is fsynced to the journal before the RunEngine moves on) and hand
 its :meth:`~DurablePath.mark` to the plans for safety records. On leaving, it waits (up to
 ``wait_s``) for Tiled to hold everything journaled; what Tiled has not taken by then stays
-in the journal, and the next session on this data directory sends it.
+in the journal, and the next session on this data directory sends it. Segments Tiled holds
+are deleted (:meth:`~spm_bluesky.storage.journal.Journal.prune`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def durable_path(data_dir: Path | str, connect: Callable[[], Container], *,
                  **drain_options: Any) -> Iterator[DurablePath]:
     """The journal of ``data_dir`` and its drain into the Tiled that ``connect`` reaches."""
     directory = journal_dir(data_dir)
-    journal = Journal(directory, sync=sync)
+    journal = Journal(directory, sync=sync, prune=True)  # the drain's cursor: Tiled holds it
     drain = Drain(directory, connect, **drain_options).start()
     path = DurablePath(journal, drain)
     try:

@@ -21,6 +21,13 @@ On disk (``<data dir>/journal/``):
 
 Opening a journal closes the runs an earlier process left open (a kill, an outage that
 ended the process): each gets a stop document with ``exit_status="abort"`` and a reason.
+
+With ``prune=True`` (the embedded default, where the drain's cursor says what Tiled holds)
+segments go once Tiled holds them (:meth:`Journal.prune`, when the journal is opened and
+when a segment is rolled over): a segment wholly before the cursor whose runs are all closed
+there is deleted, oldest first, after its marks are copied to the newest segment (resume
+reads every mark, and a mark may be the only record of a crash). Facility mode keeps every
+segment: its cursor says what the broker confirmed, not what Tiled holds.
 """
 
 from __future__ import annotations
@@ -214,6 +221,30 @@ def read_records(directory: Path, start: Position | None = None) -> Iterator[Rec
                 offset = end
 
 
+def _prunable(directory: Path, cursor: Position) -> tuple[list[int], list[Record]]:
+    """The oldest segments wholly before ``cursor`` whose runs are all closed before it,
+    and the marks in them."""
+    candidates = [n for n in segments(directory) if n < cursor.segment]
+    if not candidates:
+        return [], []
+    opened_in: dict[str, int] = {}  # run uid -> the segment of its start, while open
+    marks: list[Record] = []
+    for record in read_records(directory, Position(candidates[0], 0)):
+        if record.start >= cursor:
+            break
+        if record.kind is RecordKind.MARK:
+            if record.start.segment in candidates:
+                marks.append(record)
+        elif record.name == "start":
+            opened_in[record.body["uid"]] = record.start.segment
+        elif record.name == "stop":
+            opened_in.pop(record.body["run_start"], None)
+    oldest_open = min(opened_in.values(), default=cursor.segment)
+    keep_from = min(oldest_open, cursor.segment)
+    prunable = [n for n in candidates if n < keep_from]
+    return prunable, [m for m in marks if m.start.segment in prunable]
+
+
 def read_marks(directory: Path, name: str | None = None) -> list[Record]:
     """The safety records in the journal (of one kind, if ``name``), oldest first."""
     return [record for record in read_records(directory)
@@ -241,14 +272,17 @@ class Journal:
 
     Call it as a RunEngine subscriber (``RE.subscribe(journal)``): each document is written
     and fsynced before the call returns. ``sync=False`` skips the fsync (tests, benchmarks of
-    the cost). Raises :class:`JournalError` if another process holds the journal or the
-    directory cannot be written.
+    the cost). ``prune`` deletes the segments Tiled holds (:meth:`prune`) when the journal
+    opens and at each rollover: only where the cursor is the drain's. Raises
+    :class:`JournalError` if another process holds the journal or the directory cannot be
+    written.
     """
 
     def __init__(self, directory: Path | str, *, sync: bool = True,
-                 segment_bytes: int = SEGMENT_BYTES) -> None:
+                 segment_bytes: int = SEGMENT_BYTES, prune: bool = False) -> None:
         self.directory = Path(directory)
         self.sync = sync
+        self.prunes = prune
         self.segment_bytes = segment_bytes
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -268,6 +302,8 @@ class Journal:
         self._size = 0
         self._roll()
         self.closed_runs = self._close_open_runs()
+        #: The segments deleted when the journal opened.
+        self.pruned = self.prune() if prune else []
 
     @property
     def position(self) -> Position:
@@ -275,19 +311,39 @@ class Journal:
         return Position(self._segment, self._size)
 
     def _roll(self) -> None:
-        if self._fd >= 0:
+        rolled = self._fd >= 0
+        if rolled:
             os.close(self._fd)
         numbers = segments(self.directory)
         self._segment = (numbers[-1] if numbers else 0) + 1
         path = segment_path(self.directory, self._segment)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._size = 0
-        if self.sync:  # the new file's name is durable too
+        self._sync_directory()  # the new file's name is durable too
+        if rolled and self.prunes:
+            self.prune()
+
+    def _sync_directory(self) -> None:
+        if self.sync:
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+    def prune(self) -> list[int]:
+        """Delete the segments Tiled holds: the oldest ones wholly before the drain's cursor
+        whose runs are all closed before it. Their marks are appended to the newest segment
+        first (made durable), so every mark outlives its segment. Returns the numbers
+        deleted."""
+        prunable, marks = _prunable(self.directory, read_cursor(self.directory))
+        for mark in marks:
+            self._append(encode(RecordKind.MARK, mark.name, mark.body))
+        for number in prunable:
+            segment_path(self.directory, number).unlink(missing_ok=True)
+        if prunable:
+            self._sync_directory()
+        return prunable
 
     def _close_open_runs(self) -> list[str]:
         """Append an aborting stop for each run an earlier process left open; their uids."""

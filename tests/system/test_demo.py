@@ -1,5 +1,6 @@
 """``spm-bluesky demo`` as a user runs it: a subprocess that starts the IOC and Tiled, runs a
-short session, writes the report and leaves nothing running (also after Ctrl-C)."""
+short session, writes the report and leaves nothing running (also after Ctrl-C); the same
+over the Nanonis simulator (``--backend nanonis-sim``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from spm_bluesky.services.launch import IOC_LOG, TILED_DIR
+from spm_bluesky.services.nanonis_sim import SIM_LOG
+from spm_bluesky.storage import TiledConfig, read_image_stream, runs_by_session, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -79,4 +84,43 @@ def test_missing_agent_fails_before_starting_anything(tmp_path):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "no weight file" in output and "--policy heuristic" in output
+    assert not data_dir.exists()
+
+
+def test_demo_over_the_nanonis_simulator(tmp_path):
+    """The demo's session runs unchanged through the Nanonis simulator and the Nanonis IOC:
+    every image the session counted is in Tiled, the report is written, nothing is left."""
+    data_dir = tmp_path / "data"
+    proc = demo(data_dir, "--backend", "nanonis-sim", "--hours", "0.05", "--policy",
+                "heuristic", "--seed", "3")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    assert "behind the Nanonis simulator on 127.0.0.1:" in output
+    assert re.search(r"twin seed 3, backend nanonis-sim", output)
+    found = re.search(r"done after \d+ s: [\d.]+ simulated h, (\d+) images", output)
+    assert found, output
+    images = int(found.group(1))
+    assert images > 0
+    html, png = reported(output)
+    assert html.is_file() and png.is_file() and '<section id="map">' in html.read_text()
+    # The IOC spoke the Nanonis protocol to the simulator, which the demo started.
+    assert "backend=nanonis 127.0.0.1:" in (data_dir / IOC_LOG).read_text()
+    assert (data_dir / SIM_LOG).is_file()
+    assert not (data_dir / "services.json").exists()
+    assert processes_using(data_dir) == []
+
+    session_uid = re.search(r"^session ([0-9a-f]{32}):", output, re.M).group(1)
+    with start_server(TiledConfig(data_dir / TILED_DIR, port=0)) as tiled:
+        runs = runs_by_session(tiled.client(), session_uid)
+        stored = sum(len(read_image_stream(run).images) for run in runs.values())
+    assert stored == images
+
+
+def test_unknown_backend_is_refused_before_anything_starts(tmp_path):
+    data_dir = tmp_path / "data"
+    proc = demo(data_dir, "--backend", "nanonis")  # a real controller is no demo
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert len(output.strip().splitlines()) == 1, output
+    assert "'nanonis' is not one of twin, nanonis-sim" in output
     assert not data_dir.exists()

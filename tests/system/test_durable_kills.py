@@ -1,7 +1,9 @@
 """SIGKILL of a session (``spm-bluesky run``) during a conditioning episode and during the
 approach after a crash, each followed by ``run --resume``: what the killed process did is
 durable (the journal), so after each resume no frame lands inside a used disc or a crash
-zone, the counters are right and no run is left open."""
+zone, the counters are right and no run is left open. And a crash while an episode acts:
+the session records it (a durable mark, a ``fault`` event, the disc blocked), approaches
+again and goes on to its end."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from caproto.sync.client import write
 from spm_bluesky import schema
 from spm_bluesky.autonomy.state import CRASH_MARK, rebuild
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
-from spm_bluesky.storage import Disc, connect, runs_by_session
+from spm_bluesky.storage import Disc, FrameRecord, connect, runs_by_session
 from spm_bluesky.storage.journal import journal_dir, read_marks
 from spm_bluesky.storage.journal_runs import JournalRun, journal_runs
 from tests.system.test_recovery import run_cli, session_of
@@ -40,10 +42,16 @@ def _wait_journal(journal, session, process, log, condition, timeout=180.0) -> l
         time.sleep(0.5)
 
 
+def _frames(runs: list[JournalRun]) -> list[FrameRecord]:
+    """The frames of the image runs (coarse runs' primary streams hold status, not frames)."""
+    return [f for run in runs if run.plan_name in schema.IMAGE_PLANS for f in run.frames()]
+
+
 def _discs(runs: list[JournalRun], size: float) -> list[Disc]:
-    """Every disc the runs used: frames (size / 2 around each) and action spots."""
-    discs = [Disc(f.area, f.x, f.y, size / 2) for run in runs for f in run.frames()]
-    discs += [step.disc() for run in runs for step in run.steps()]
+    """Every disc the image runs used: frames (size / 2 around each) and action spots."""
+    images = [run for run in runs if run.plan_name in schema.IMAGE_PLANS]  # not coarse runs
+    discs = [Disc(f.area, f.x, f.y, size / 2) for run in images for f in run.frames()]
+    discs += [step.disc() for run in images for step in run.steps()]
     return discs
 
 
@@ -62,25 +70,29 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
         first = run_cli("--images", "100000", "--bad-limit", "2", data_dir=data_dir,
                         log=tmp_path / "first.log")
         session = session_of(tmp_path / "first.log", first)
+        with environ_set(client_ca_env(state.epics_env)):
+            write(state.prefix + "Sim:Degrade", 1, notify=True)  # a worn tip: conditioning
         _wait_journal(journal, session, first, tmp_path / "first.log", lambda runs: any(
             r.plan_name == schema.CONDITION_TIP and r.steps() and r.stop is None
             for r in runs))
         first.send_signal(signal.SIGKILL)
         first.wait(30)
         leg0 = journal_runs(journal, session)
+        # A resumed leg prunes journal segments that Tiled holds whole: keep what each leg saw.
+        seen = {r.uid: r for r in leg0}
         episode = next(r for r in leg0 if r.plan_name == schema.CONDITION_TIP and r.stop is None)
         size = float(leg0[0].metadata[schema.AUTONOMY]["size"])
         state0 = rebuild(client, session, journal=journal)
         assert state0.episodes >= 1 and state0.actions >= len(episode.steps()) >= 1
 
         # Leg 1: resume; a crash; SIGKILL as soon as the crash is marked (the approach).
-        # No conditioning in this leg (--bad-limit 1000): a crash injected while an episode
-        # pulses fails that put and ends the session, which is not the path under test.
+        # No conditioning in this leg (--bad-limit 1000): a dip may crash by itself, and this
+        # leg counts exactly one crash (a crash during an episode: the test below).
         second = run_cli("--images", "100000", "--bad-limit", "1000", "--resume", session,
                          data_dir=data_dir, log=tmp_path / "second.log")
         assert session_of(tmp_path / "second.log", second) == session
         _wait_journal(journal, session, second, tmp_path / "second.log", lambda runs: sum(
-            len(r.frames()) for r in runs if _leg(r) == 1) >= 10)
+            len(_frames([r])) for r in runs if _leg(r) == 1) >= 10)
         with environ_set(client_ca_env(state.epics_env)):
             write(state.prefix + "Sim:Fault", "crash", notify=True)
         deadline = time.monotonic() + 60
@@ -93,9 +105,9 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
         (crash,) = read_marks(journal, CRASH_MARK)
         state1 = rebuild(client, session, journal=journal)
         assert state1.crashes == 1
+        seen |= {r.uid: r for r in journal_runs(journal, session)}
         assert state1.episodes == state0.episodes + sum(
-            1 for r in journal_runs(journal, session)
-            if _leg(r) == 1 and r.plan_name == schema.CONDITION_TIP)
+            1 for r in seen.values() if _leg(r) == 1 and r.plan_name == schema.CONDITION_TIP)
 
         # Leg 2: resume to 40 more images; it must avoid every used disc and the crash zone.
         target = state1.images + 40
@@ -105,13 +117,14 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
         out = (tmp_path / "third.log").read_text()
         assert f"images={target}" in out and "crashes=1" in out
 
-        runs = journal_runs(journal, session)
+        seen |= {r.uid: r for r in journal_runs(journal, session)}
+        runs = list(seen.values())
         old = [r for r in runs if _leg(r) < 2]
         new = [r for r in runs if _leg(r) == 2]
         used = _discs(old, size)
         zone = Disc(int(crash.body["area"]), crash.body["x"], crash.body["y"], CRASH_RADIUS)
         assert crash.body["radius"] == pytest.approx(CRASH_RADIUS)
-        new_frames = [f for r in new for f in r.frames()]
+        new_frames = _frames(new)
         assert len(new_frames) == 40
         for frame in new_frames:
             assert not _inside(frame.area, frame.x, frame.y, used), frame
@@ -127,5 +140,49 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
         assert len(aborted) == 2
         final = rebuild(client, session, journal=journal)
         assert final.crashes == 1 and final.images == target
+    finally:
+        down(data_dir)
+
+
+@pytest.mark.timeout(400)
+def test_a_crash_while_an_episode_acts_is_handled_like_any_crash(tmp_path):
+    data_dir = tmp_path / "data"
+    state, _ = up(UpOptions(data_dir=data_dir, seed=53))
+    journal = journal_dir(data_dir)
+    log = tmp_path / "session.log"
+    try:
+        client = connect(state.tiled_uri, state.api_key)
+        process = run_cli("--images", "100000", "--bad-limit", "2", data_dir=data_dir, log=log)
+        session = session_of(log, process)
+        with environ_set(client_ca_env(state.epics_env)):
+            write(state.prefix + "Sim:Degrade", 1, notify=True)  # a worn tip: conditioning
+            _wait_journal(journal, session, process, log, lambda runs: any(
+                r.plan_name == schema.CONDITION_TIP and r.steps() and r.stop is None
+                for r in runs))
+            write(state.prefix + "Sim:Fault", "crash", notify=True)
+        runs = _wait_journal(journal, session, process, log,
+                             lambda runs: bool(read_marks(journal, CRASH_MARK)))
+        crash = read_marks(journal, CRASH_MARK)[0]
+        # The session goes on: 30 more frames after the crash, then Ctrl-C ends it cleanly.
+        done = len(_frames(runs))
+        runs = _wait_journal(journal, session, process, log,
+                             lambda runs: len(_frames(runs)) >= done + 30)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 130, log.read_text()[-3000:]
+        runs = journal_runs(journal, session)
+        # Every crash (the injected one; a dip may crash too) has its mark and its event.
+        marks = read_marks(journal, CRASH_MARK)
+        crashes = [f for r in runs for f in r.faults() if f.kind == "crash"]
+        assert [(f.x, f.y, f.crash_count) for f in crashes] == [
+            (m.body["x"], m.body["y"], m.body["crash_count"]) for m in marks]
+        first = crashes[0]
+        episode = next(r for r in runs if r.uid == first.run_uid)
+        assert episode.plan_name == schema.CONDITION_TIP
+        zone = Disc(int(crash.body["area"]), crash.body["x"], crash.body["y"], CRASH_RADIUS)
+        after = [f for f in _frames(runs) if f.clock > first.clock]
+        assert len(after) >= 30
+        assert not [f for f in after if _inside(f.area, f.x, f.y, [zone])]
+        judged = sum(d.verdict == "crash" for r in runs for d in r.decisions())
+        assert rebuild(client, session, journal=journal).crashes == len(marks) + judged
     finally:
         down(data_dir)

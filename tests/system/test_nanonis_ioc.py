@@ -17,11 +17,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 from caproto import ChannelType
 from caproto.threading.client import Context
+from nanonisTCP.Current import Current
+from ophyd_async.core import init_devices
 
+from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain import limits
 from spm_bluesky.twin import Frame, Instrument
 from tests.fixtures_ioc import PORTS, READY_PREFIX, REPO_ROOT, IocLauncher, IocProcess
@@ -221,3 +225,28 @@ def test_lost_controller_disconnects_the_pvs_until_it_is_back(start_sim, nanonis
     assert put(ca, ioc, "Scan:Acquire", 1)
     assert len(get(ca, ioc, "Scan:Image")) == 128 * 128
     assert get(ca, ioc, "Scan:FrameCounter") == 2
+
+
+def test_status_current_is_served_by_both_backends(RE, start_sim, nanonis_ioc, start_ioc,
+                                                   ca) -> None:
+    """``Status:Current``: the setpoint while in tunnelling range, 0 withdrawn; from the
+    twin's model on the twin IOC, from ``Current.Get`` on the Nanonis IOC; read over CA
+    and through the STM device's ``status.current``."""
+    sim = start_sim(2)
+    iocs = {"twin": start_ioc(2), "nanonis": nanonis_ioc(sim, truth=False)}
+    for name, ioc in iocs.items():
+        assert get(ca, ioc, "Status:Current") == pytest.approx(f32(Frame().setpoint),
+                                                                rel=1e-6), name
+        assert put(ca, ioc, "Scan:Setpoint", 55e-12)
+        assert get(ca, ioc, "Status:Current") == pytest.approx(55e-12, rel=1e-6), name
+        with init_devices():
+            stm = STM(ioc.prefix, name=f"stm_{name}", sim=False)
+        read = RE(bps.rd(stm.status.current))
+        assert read.plan_result == pytest.approx(55e-12, rel=1e-6), name
+        assert stm.status.current.name not in RE(bps.read(stm.status)).plan_result  # not stored
+        assert put(ca, ioc, "Coarse:Withdraw", 1)
+        assert get(ca, ioc, "Status:Current") == 0.0, name
+        assert put(ca, ioc, "Coarse:Approach", 1)
+        assert get(ca, ioc, "Status:Current") == pytest.approx(55e-12, rel=1e-6), name
+    # The Nanonis IOC's value is the controller's: its Current.Get, through nanonisTCP.
+    assert Current(sim.nanonis()).Get() == f32(55e-12)

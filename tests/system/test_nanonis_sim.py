@@ -34,7 +34,7 @@ from nanonisTCP.ZController import ZController
 
 from spm_bluesky.domain import limits
 from spm_bluesky.nanonis import commands as cmd
-from spm_bluesky.nanonis.client import NanonisClient, ScanBuffer, ScanFrame
+from spm_bluesky.nanonis.client import ControllerStatus, NanonisClient, ScanBuffer, ScanFrame
 from spm_bluesky.nanonis.protocol import (
     HEADER_SIZE,
     BodyReader,
@@ -264,6 +264,20 @@ def test_pulse_tip_shaper_withdraw_motor_and_approach(sim: Sim) -> None:
         twin.clock, twin.z, twin.area_index, twin.tip_class.value)
 
 
+def test_current_get_is_the_setpoint_in_contact(sim: Sim) -> None:
+    client = sim.nanonis()
+    z, current = ZController(client), Current(client)
+    z.SetpntSet(80e-12)
+    assert current.Get() == f32(80e-12)  # the feedback holds the current at the setpoint
+    z.Withdraw(1, -1)
+    assert current.Get() == 0.0  # out of tunnelling range
+    AutoApproach(client).OnOffSet(1)
+    deadline = time.monotonic() + TIMEOUT
+    while AutoApproach(client).OnOffGet() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert current.Get() == f32(80e-12)
+
+
 def test_refused_commands_raise_in_nanonistcp(sim: Sim) -> None:
     client = sim.nanonis()
     with pytest.raises(Exception, match="outside the instrument limits"):
@@ -294,6 +308,49 @@ def test_asyncio_client_round_trips_and_errors(sim: Sim) -> None:
                 await client.setpoint_set(1.0)
             assert refused.value.description.startswith("setpoint=1.0 A is outside")
             assert await client.setpoint_get() == f32(Frame().setpoint)
+
+    asyncio.run(run())
+
+
+def test_asyncio_client_pipelines_requests_on_one_connection(sim: Sim) -> None:
+    """``call_many``: the requests go out at once, every response is read in order, and a
+    refused one raises after all were read, so the connection stays in step."""
+    async def run() -> None:
+        async with NanonisClient("127.0.0.1", sim.port, timeout=TIMEOUT) as client:
+            await client.setpoint_set(70e-12)
+            status = await client.status()
+            assert status == ControllerStatus(True, f32(Instrument(0).z), f32(70e-12))
+            with pytest.raises(NanonisError, match=r"Bias\.Set: .*outside"):
+                await client.call_many((cmd.BIAS_SET, {"bias": 9.0}),
+                                       (cmd.BIAS_SET, {"bias": 0.5}),
+                                       (cmd.BIAS_GET, {}))
+            assert await client.bias_get() == 0.5  # the later ones ran; still in step
+            await client.buffer_set(ScanBuffer((Z_RT,), 16, 16))
+            acquired = await client.acquire(Z_RT, 10_000)
+            assert acquired is not None and sim.truth()["frame_count"] == 1
+            grabbed, status = acquired
+            assert grabbed.data.shape == (16, 16) and grabbed.scan_up
+            assert status == ControllerStatus(True, f32(Instrument(0).z), f32(70e-12))
+
+    asyncio.run(run())
+
+
+def test_a_frame_longer_than_the_wait_is_waited_for_and_grabbed(
+        start_sim: Callable[..., Sim]) -> None:
+    sim = start_sim(4, "--time-scale", "0.05")
+
+    async def run() -> None:
+        async with NanonisClient("127.0.0.1", sim.port, timeout=TIMEOUT) as client:
+            await client.buffer_set(ScanBuffer((Z_RT,), 32, 32))
+            await client.frame_set(ScanFrame(0.0, 0.0, 10e-9, 10e-9))
+            await client.speed_set(80e-9)  # 8 simulated s = 0.4 s at 0.05
+            assert await client.acquire(Z_RT, 20) is None  # not done within 20 ms
+            while not await client.wait_end_of_scan(1000):
+                pass
+            grabbed, status = await client.grab_with_status(Z_RT)
+            expected = Instrument(4).scan(Frame(size=f32(10e-9), pixels=32, speed=f32(80e-9)))
+            np.testing.assert_array_equal(grabbed.data, expected)
+            assert status.feedback_on and status.current == f32(Frame().setpoint)
 
     asyncio.run(run())
 

@@ -43,10 +43,6 @@ def session_images(client, session: str) -> list[np.ndarray]:
     return images
 
 
-# Known open race (one failure in three CI runs): when the kill lands on the truth read, the
-# RunEngine can send that read's late response into the generator its rewind just started
-# ("can't send non-None value to a just-started generator"). One rerun until it is fixed.
-@pytest.mark.flaky(reruns=1)
 @pytest.mark.timeout(300)
 def test_ioc_killed_and_restarted_mid_session_pauses_and_resumes(start_ioc, restart_ioc,
                                                                  tiled_server, tmp_path):

@@ -164,3 +164,20 @@ def test_tiled_that_does_not_start_is_reported_and_the_ioc_stopped(data_dir: Pat
     assert (data_dir / "ioc.log").exists()  # the IOC had started ...
     assert not (data_dir / "services.json").exists()
     assert processes_in(data_dir) == []  # ... and was stopped again
+
+
+def test_a_chosen_port_taken_before_the_ioc_binds_it_is_chosen_again(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process (a CA client's UDP socket, say) takes the port ``up`` chose before
+    the IOC binds it: ``up`` starts the IOC again on another port."""
+    from spm_bluesky.services import launch
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taker:
+        taker.bind(("127.0.0.1", 0))
+        taken = taker.getsockname()[1]
+        ports = iter([taken])
+        monkeypatch.setattr(launch, "free_port", lambda: next(ports, None) or free_port())
+        state, started = up(UpOptions(data_dir=data_dir))
+    assert started and state.ca_port != taken
+    assert "Address already in use" in (data_dir / "ioc.log").read_text()  # the first try
+    assert _ca_read("STM:Status:Clock", state.epics_env) != ""

@@ -260,14 +260,17 @@ def test_weight_file_matches_its_card(assessor):
 
 
 def test_training_is_reproducible_from_its_seed(tmp_path):
-    """Two tiny trainings with one seed give the same bytes; another seed does not."""
+    """Two tiny trainings (twin and synthetic frames) with one seed give the same bytes;
+    another seed does not."""
     from spm_bluesky.ml.assessor.config import TrainConfig
     from spm_bluesky.ml.assessor.training import train
 
-    config = TrainConfig(seed=7, images=40, validation_images=20, eval_images=20, epochs=1,
-                         batch_size=16, workers=1, threads=1)
-    first = train(config, tmp_path / "a.pt", progress=False)
-    second = train(config, tmp_path / "b.pt", progress=False)
+    # 160 twin frames: the unsure calibration needs more windows than the 256 features.
+    config = TrainConfig(seed=7, images=160, validation_images=20, eval_images=20, epochs=1,
+                         batch_size=16, workers=1, threads=1, synth_images=20,
+                         synth_validation_images=10, synth_eval_images=10)
+    first = train(config, tmp_path / "a.pt", data_dir=tmp_path / "sets", progress=False)
+    second = train(config, tmp_path / "b.pt", data_dir=tmp_path / "sets", progress=False)
     other = train(TrainConfig(**{**config.__dict__, "seed": 8}), tmp_path / "c.pt",
                   progress=False)
     assert first.weights.read_bytes() == second.weights.read_bytes()
@@ -276,6 +279,8 @@ def test_training_is_reproducible_from_its_seed(tmp_path):
     assert card["sha256"] == hashlib.sha256(first.weights.read_bytes()).hexdigest()
     assert (tmp_path / "A_CARD.md").is_file()
     assert load_assessor(first.weights).model_id == first.model_id
+    assert "--synth-images 20" in card["training"]["command"]
+    assert card["synthetic_held_out"]["good_versus_bad"]["all"]["n"] == 10
 
 
 # -- data sets ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ group that the replayed ``wait`` waits on (bluesky 1.15 does not clear groups on
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import bluesky.plan_stubs as bps
@@ -127,3 +128,37 @@ def test_a_failed_read_is_cancelled_by_the_suspension_that_the_same_outage_cause
         return reader.cancelled()
 
     assert asyncio.run(scenario())
+
+
+class AnsweringDevice:
+    """A device whose read, like ophyd-async's, is an ``asyncio.wait_for`` on the reply."""
+
+    name = "answering"
+
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+
+    async def read(self):
+        return await asyncio.wait_for(self.reply, timeout=5.0)
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_read_that_answers_as_the_suspension_cancels_it_is_cancelled(guarded):
+    """The reply arrives in the same loop turn as the suspender cancels the RunEngine's task.
+    Python 3.11's wait_for then returns the reply and drops the cancel; the guard raises it,
+    so no late reading reaches the rewound plan. Unguarded, the reading gets through on 3.11
+    (which shows that the staging really hits the race; 3.12's wait_for keeps the cancel)."""
+
+    async def scenario() -> bool:
+        link = LinkMonitor("MOCK:Status:Clock")
+        await link.connect(mock=True)
+        device = AnsweringDevice()
+        reader = asyncio.ensure_future(
+            GuardedReadable(device, link).read() if guarded else device.read())
+        await asyncio.sleep(0.01)  # the read waits for its reply
+        device.reply.set_result({"x": {"value": 1.0, "timestamp": 0.0}})
+        reader.cancel()
+        await asyncio.wait([reader], timeout=2.0)
+        return reader.cancelled()
+
+    assert asyncio.run(scenario()) is (guarded or sys.version_info >= (3, 12))

@@ -137,3 +137,45 @@ def test_api_keys_are_scrubbed_from_urls():
     assert scrub_api_key(line) == ('127.0.0.1 - "GET /api/v1/metadata/?api_key=[redacted]'
                                    '&page=2 HTTP/1.1" 200')
     assert scrub_api_key("no key here") == "no key here"
+
+
+def test_segments_tiled_holds_are_pruned_and_their_marks_kept(tmp_path):
+    whole, killed = _run(session="a", n=2), _run(session="b", n=2, seed=1)
+    with Journal(tmp_path, sync=False) as journal:  # segment 1: a closed run and a mark
+        for name, doc in whole:
+            journal(name, doc)
+        journal.mark("crash", {"x": 1e-7, "crash_count": 1, "clock": 5.0})
+    with Journal(tmp_path, sync=False) as journal:  # segment 2: a run cut off by a kill
+        start = journal.position
+        for name, doc in killed[:-1]:
+            journal(name, doc)
+    write_cursor(tmp_path, start)  # the drain: everything before run b is in Tiled
+    with Journal(tmp_path, sync=False, prune=True) as journal:  # segment 3 closes run b
+        assert journal.pruned == [1]
+    assert segments(tmp_path) == [2, 3]
+    assert [m.body["x"] for m in read_marks(tmp_path, "crash")] == [1e-7]
+    assert [run.uid for run in journal_runs(tmp_path, "b")] == [killed[0][1]["uid"]]
+    assert journal_runs(tmp_path, "a") == []
+
+    write_cursor(tmp_path, Position(4, 0))  # the drain took run b's abort stop too
+    with Journal(tmp_path, sync=False) as journal:  # facility mode: nothing goes
+        assert journal.pruned == []
+    assert segments(tmp_path) == [2, 3, 4]
+    write_cursor(tmp_path, Position(5, 0))
+    with Journal(tmp_path, sync=False, prune=True) as journal:
+        assert journal.pruned == [2, 3, 4]
+    assert segments(tmp_path) == [5]
+    (mark,) = read_marks(tmp_path, "crash")
+    assert mark.body == {"x": 1e-7, "crash_count": 1, "clock": 5.0,
+                         "time": mark.body["time"]}
+
+
+def test_a_segment_with_a_run_open_before_the_cursor_is_kept(tmp_path):
+    docs = _run(n=1)
+    with Journal(tmp_path, sync=False) as journal:
+        for name, doc in docs[:-1]:
+            journal(name, doc)
+    write_cursor(tmp_path, Position(2, 0))  # past the run's start, yet it has no stop
+    with Journal(tmp_path, sync=False, prune=True) as journal:
+        assert journal.pruned == []
+    assert segments(tmp_path) == [1, 2]

@@ -1,8 +1,10 @@
-"""The Nanonis options of ``spm-bluesky up`` and ``spm-ioc`` are checked before anything
-starts: one line on stderr, exit status 2, no data directory, no process."""
+"""The Nanonis options of ``spm-bluesky up``, ``spm-bluesky demo`` and ``spm-ioc`` are
+checked before anything starts: one line on stderr, exit status 2, no data directory, no
+process."""
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from spm_bluesky.ioc import stm_ioc
@@ -19,9 +21,11 @@ nothing_started = test_cli_errors.nothing_started  # the fixture, shared
     (["--backend", "nanonis", "--nanonis", "10.0.0.2"], "--nanonis: '10.0.0.2' is not HOST:PORT"),
     (["--backend", "nanonis", "--nanonis", "h:99999"], "is not HOST:PORT"),
     (["--backend", "mock"], "--backend: 'mock' is not one of twin, nanonis-sim, nanonis"),
+    (["demo", "--backend", "nanonis"], "--backend: 'nanonis' is not one of twin, nanonis-sim"),
 ])
 def test_up_checks_the_backend_options(capsys, nothing_started, args, message):
-    code, _, err = spm(capsys, "up", *args, "--data-dir", nothing_started)
+    command = [] if args[0] == "demo" else ["up"]
+    code, _, err = spm(capsys, *command, *args, "--data-dir", nothing_started)
     assert code == 2
     assert_one_line(err)
     assert message in err
@@ -57,3 +61,24 @@ def test_the_pv_table_of_a_bare_controller_has_no_sim_pvs():
     twin = {row.name for row in pv_rows(stm_ioc.SimStmIOC("", stm_ioc.TwinBackend(0)))}
     assert {name for name in twin - bare} == {name for name in twin if name.startswith("Sim:")}
     assert bare < twin
+
+
+def test_demo_offers_the_backends_it_runs() -> None:
+    from spm_bluesky.commandline.demo import DEMO_BACKENDS
+    from spm_bluesky.evaluation.demo import BACKENDS
+
+    assert DEMO_BACKENDS == BACKENDS == ("twin", "nanonis-sim")
+
+
+def test_demo_refuses_services_of_another_backend(capsys, tmp_path):
+    """Services recorded in the data directory with another backend: one line, exit 1,
+    nothing started (the demo must not run on what the user did not ask for)."""
+    data_dir = tmp_path / "data"
+    test_cli_errors.state_with_dead_ioc(data_dir)  # recorded with the twin backend
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    code, _, err = spm(capsys, "demo", "--backend", "nanonis-sim", "--policy", "heuristic",
+                       "--data-dir", data_dir)
+    assert code == 1
+    assert_one_line(err)
+    assert "have backend twin, not nanonis-sim" in err and "spm-bluesky down" in err
+    assert {child.pid for child in psutil.Process().children(recursive=True)} <= before

@@ -178,8 +178,10 @@ def test_block_disc_edges_and_limits():
     assert mask.cells == 85
     assert mask.block_disc(0.0, 0.0, 5e-9) == 1
     assert mask.block_disc(0.0, 0.0, 5e-9) == 0
-    assert mask.block_disc(0.0, 0.0, 10e-9) == 4  # the four edge neighbours
-    assert not mask.is_free(3e-9, -4e-9) and mask.is_free(12e-9, 12e-9)
+    # The eight neighbours reach into a 10 nm disc (their nearest corners are 7.1 nm away).
+    assert mask.block_disc(0.0, 0.0, 10e-9) == 8
+    assert not mask.is_free(3e-9, -4e-9) and not mask.is_free(12e-9, 12e-9)
+    assert mask.is_free(22e-9, 12e-9)  # its nearest point is 11.2 nm away
     assert mask.block_disc(30e-9, 30e-9, 0.0) == 1  # a zero disc still blocks its cell
     assert mask.next_cell(0.0, 0.0, max_distance=1e-9) is None  # all near cells used
     with pytest.raises(ValueError, match="radius"):
@@ -191,6 +193,32 @@ def test_block_disc_edges_and_limits():
     full.blocked[1:-1, 1:-1] = True
     assert full.free_cells > 0
     assert full.next_cell(edge, edge, margin=5e-9, max_distance=2e-6) is None
+
+
+def test_no_point_of_a_free_cell_lies_inside_a_blocked_disc():
+    """A crash zone is a disc: frames fill their cells and actions land anywhere in a frame,
+    so every point of every free cell must stay outside every blocked disc."""
+    rng = np.random.default_rng(7)
+    mask = AreaMask()
+    discs = [(rng.uniform(-300e-9, 300e-9), rng.uniform(-300e-9, 300e-9),
+              rng.uniform(0.0, 150e-9)) for _ in range(12)]
+    for disc in discs:
+        mask.block_disc(*disc)
+    rows, cols = np.nonzero(~mask.blocked)
+    # Points spread over each free cell, its corners and edges included.
+    grid = (np.linspace(0.0, 1.0, 6) - 0.5) * mask.cell_size
+    for row, col in zip(rows, cols, strict=True):
+        cx, cy = mask.cell_center(int(row), int(col))
+        px, py = np.meshgrid(cx + grid, cy + grid)
+        for x, y, radius in discs:
+            assert np.hypot(px - x, py - y).min() >= radius - 1e-15
+    # And it blocks no more than it must: every blocked cell reaches into a disc.
+    half = mask.cell_size / 2
+    for row, col in zip(*np.nonzero(mask.blocked), strict=True):
+        cx, cy = mask.cell_center(int(row), int(col))
+        nearest = [math.hypot(max(abs(cx - x) - half, 0.0), max(abs(cy - y) - half, 0.0))
+                   < max(radius, 1e-15) for x, y, radius in discs]
+        assert any(nearest)
 
 
 def test_mask_json_round_trip_and_refusals(tmp_path):

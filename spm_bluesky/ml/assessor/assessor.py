@@ -9,6 +9,10 @@ Any square frame of 8 to 1024 px is accepted: :func:`spm_bluesky.domain.processi
 it into 64 px windows at about DeepSPM's pixel (one window up to 10 nm, four up to 20 nm;
 bigger frames are judged on their central 20 nm); the windows' opinions are combined
 (:func:`frame_scores`) and calibrated by temperature scaling (:func:`calibrate`).
+
+With a calibration beside the weights (``assessor.unsure.npz``, see
+:mod:`spm_bluesky.ml.assessor.unsure`) every assessment also carries an out-of-distribution
+score and ``unsure`` when the frame is unlike the twin images the network learnt from.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor.model import TipNet
+from spm_bluesky.ml.assessor.unsure import UnsureCalibration, load_calibration
 from spm_bluesky.ml.card import SHIPPED, WEIGHTS, model_id_for
 from spm_bluesky.protocols import CLASSES, Assessment
 
@@ -72,29 +77,44 @@ def inference_copy(model: TipNet) -> TipNet:
 
 def window_logits(model: TipNet, windows: np.ndarray) -> np.ndarray:
     """The network's logits ``(n, 5)`` for prepared windows ``(n, 64, 64)`` (eval mode)."""
+    return window_outputs(model, windows)[0]
+
+
+def window_outputs(model: TipNet, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The network's logits ``(n, 5)`` and penultimate features ``(n, k)`` (the input of
+    its last layer, ``head``) for prepared windows ``(n, 64, 64)`` (eval mode)."""
     batch = np.asarray(windows, dtype=np.float32)
     if batch.ndim != 3 or batch.shape[1:] != (processing.NETWORK_PIXELS,) * 2:
         raise ValueError(f"expected prepared windows (n, 64, 64), got shape {batch.shape}")
     model.eval()
-    out = [np.zeros((0, len(CLASSES)), dtype=np.float32)]
-    with torch.inference_mode():
-        for start in range(0, len(batch), CHUNK):
-            x = torch.from_numpy(batch[start:start + CHUNK]).unsqueeze(1)
-            out.append(model(x.contiguous(memory_format=torch.channels_last)).numpy())
-    return np.concatenate(out)
+    logits = [np.zeros((0, len(CLASSES)), dtype=np.float32)]
+    features = [np.zeros((0, model.head.in_features), dtype=np.float32)]
+    hook = model.head.register_forward_pre_hook(
+        lambda _module, args: features.append(args[0].numpy()))
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(batch), CHUNK):
+                x = torch.from_numpy(batch[start:start + CHUNK]).unsqueeze(1)
+                logits.append(model(x.contiguous(memory_format=torch.channels_last)).numpy())
+    finally:
+        hook.remove()
+    return np.concatenate(logits), np.concatenate(features)
 
 
 class TipNetAssessor:
     """Judges STM images: calibrated probabilities of the five tip classes.
 
     Thread use is torch's global setting (``torch.set_num_threads``); at batch 1 one thread
-    is fastest.
+    is fastest. With an :class:`~spm_bluesky.ml.assessor.unsure.UnsureCalibration` every
+    assessment carries its unsure score and verdict.
     """
 
-    def __init__(self, model: TipNet, model_id: str) -> None:
+    def __init__(self, model: TipNet, model_id: str,
+                 calibration: UnsureCalibration | None = None) -> None:
         self._model = model.eval()
         self._net = inference_copy(self._model)
         self._model_id = model_id
+        self.calibration = calibration
 
     @property
     def model_id(self) -> str:
@@ -111,10 +131,31 @@ class TipNetAssessor:
     def probabilities(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         """Calibrated probabilities ``(frames, 5)`` for prepared frames (each a
         ``(k, 64, 64)`` stack of windows from :func:`spm_bluesky.domain.processing.prepare`)."""
+        return self.judge(prepared)[0]
+
+    def window_features(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Penultimate features ``(windows, k)`` of every window of the prepared frames."""
         if len(prepared) == 0:
-            return np.zeros((0, len(CLASSES)))
-        logits = window_logits(self._net, np.concatenate(prepared))
-        return calibrate(frame_scores(logits, [len(p) for p in prepared]), self.temperature)
+            return np.zeros((0, self._model.head.in_features))
+        return window_outputs(self._net, np.concatenate(prepared))[1]
+
+    def judge(self, prepared: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities ``(frames, 5)`` and unsure scores ``(frames,)`` (NaN
+        without a calibration) for prepared frames, in one forward pass."""
+        if len(prepared) == 0:
+            return np.zeros((0, len(CLASSES))), np.zeros(0)
+        counts = [len(p) for p in prepared]
+        logits, features = window_outputs(self._net, np.concatenate(prepared))
+        probabilities = calibrate(frame_scores(logits, counts), self.temperature)
+        if self.calibration is None:
+            return probabilities, np.full(len(prepared), np.nan)
+        return probabilities, self.calibration.frame_scores(features, counts)
+
+    def is_unsure(self, scores: np.ndarray) -> np.ndarray:
+        """Which unsure scores are over the calibrated threshold (all False without one)."""
+        if self.calibration is None:
+            return np.zeros(len(scores), dtype=bool)
+        return np.asarray(scores) > self.calibration.threshold
 
     def assess(self, image_m: np.ndarray, scan_size_m: float) -> Assessment:
         """Judge one square frame of heights in metres whose edge is ``scan_size_m`` (m).
@@ -137,8 +178,9 @@ class TipNetAssessor:
                              "or pass a (n, px, px) stack")
         sizes = list(scan_size_m) if isinstance(scan_size_m, Sequence) else scan_size_m
         frames = images if isinstance(images, np.ndarray) else list(images)
-        probabilities = self.probabilities(processing.prepare_batch(frames, sizes))
-        return [Assessment.from_vector(p, self._model_id) for p in probabilities]
+        probabilities, scores = self.judge(processing.prepare_batch(frames, sizes))
+        return [Assessment.from_vector(p, self._model_id, s, u)
+                for p, s, u in zip(probabilities, scores, self.is_unsure(scores), strict=True)]
 
 
 def serialise(model: nn.Module) -> bytes:
@@ -149,11 +191,13 @@ def serialise(model: nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def load_assessor(path: Path | str | None = None) -> TipNetAssessor:
+def load_assessor(path: Path | str | None = None, calibrated: bool = True) -> TipNetAssessor:
     """An :class:`TipNetAssessor` from a weight file (default: the shipped ``assessor.pt``).
 
     The file is a ``TipNet`` state_dict, read with ``torch.load(weights_only=True)``
-    (no arbitrary unpickling).
+    (no arbitrary unpickling); the unsure calibration beside it, if there is one, comes
+    with it (ValueError if it was made for other weights), unless ``calibrated`` is False
+    (to calibrate anew).
     """
     source = Path(path) if path is not None else WEIGHTS
     if not source.is_file():
@@ -163,7 +207,9 @@ def load_assessor(path: Path | str | None = None) -> TipNetAssessor:
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     model = TipNet()
     model.load_state_dict(state)
-    return TipNetAssessor(model, model_id_for(MODEL_NAME, data))
+    model_id = model_id_for(MODEL_NAME, data)
+    calibration = load_calibration(source, model_id) if calibrated else None
+    return TipNetAssessor(model, model_id, calibration)
 
 
 def assessor_by_name(name: str) -> TipNetAssessor:

@@ -6,6 +6,12 @@ in operation (:mod:`spm_bluesky.domain.processing`), then given what a plane fit
 real data (a residual slope, scanner bow, a baseline offset) and a random flip. The point
 is robustness on images the twin did not make, not a better fit to the twin.
 
+With ``relative_heights`` (training with ``--scale-free``), the added heights (noise, line
+offsets, residues) are scaled by each window's own height range over
+:data:`REFERENCE_RANGE` (at most 1.5x): about 1 on the twin's molecules, far less on a
+synthetic frame of 0.05 A corrugation, whose tip defect must not drown in noise that an
+absolute scale would add.
+
 Flips (left-right, up-down, both) keep the scan lines horizontal; 90 degree rotations are
 left out on purpose: an unstable tip's streaks, line offsets and feedback ringing run along
 the fast axis on every instrument, so a rotated image shows artefacts no STM makes, and
@@ -21,6 +27,8 @@ import numpy as np
 from spm_bluesky.domain import processing
 
 ANGSTROM = processing.ANGSTROM
+#: Height range (1 to 99 %, after a plane fit) at which the added heights are as given.
+REFERENCE_RANGE = 1.5 * ANGSTROM
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class Augmentation:
     bow: float = 0.3 * ANGSTROM
     offset_probability: float = 0.5
     offset: float = 0.2 * ANGSTROM
+    #: Scale the added heights by each window's own height range (see the module docstring).
+    relative_heights: bool = False
 
 
 def random_window(image: np.ndarray, scan_size_m: float, rng: np.random.Generator,
@@ -75,6 +85,11 @@ def augment_batch(images: list[np.ndarray], scan_sizes: np.ndarray, rng: np.rand
     stack = np.stack([random_window(np.asarray(im, np.float64), float(size), rng, aug, pixels)
                       for im, size in zip(images, scan_sizes, strict=True)])
     stack -= stack.mean(axis=(1, 2), keepdims=True)
+    relative: np.ndarray | float = 1.0
+    if aug.relative_heights:
+        level = processing.subtract_plane_batch(stack).reshape(n, -1)
+        span = np.quantile(level, 0.99, axis=1) - np.quantile(level, 0.01, axis=1)
+        relative = np.minimum(span / REFERENCE_RANGE, 1.5)[:, None, None]
     low, high = np.log(aug.contrast_log)
     stack *= np.exp(rng.uniform(float(low), float(high), (n, 1, 1)))
     grid = (np.arange(pixels) + 0.5) / pixels - 0.5
@@ -83,18 +98,19 @@ def augment_batch(images: list[np.ndarray], scan_sizes: np.ndarray, rng: np.rand
     slope = rng.uniform(-aug.tilt, aug.tilt, (2, n, 1, 1)) * 10e-9
     stack += slope[0] * xx + slope[1] * yy
     noisy = rng.random((n, 1, 1)) < aug.noise_probability
-    stack += noisy * rng.uniform(0, aug.white_noise, (n, 1, 1)) * rng.standard_normal(stack.shape)
+    stack += (noisy * relative * rng.uniform(0, aug.white_noise, (n, 1, 1))
+              * rng.standard_normal(stack.shape))
     lines = rng.random((n, 1, 1)) < aug.line_noise_probability
-    stack += (lines * rng.uniform(0, aug.line_offset, (n, 1, 1))
+    stack += (lines * relative * rng.uniform(0, aug.line_offset, (n, 1, 1))
               * rng.standard_normal((n, pixels, 1)))
     flat = processing.subtract_plane_batch(stack)
     residue = (rng.random((2, n, 1, 1)) < aug.residue_probability) * rng.uniform(
         -aug.residue, aug.residue, (2, n, 1, 1))
-    flat += residue[0] * xx + residue[1] * yy
+    flat += relative * (residue[0] * xx + residue[1] * yy)
     bow = (rng.random((2, n, 1, 1)) < aug.bow_probability) * rng.uniform(
         -aug.bow, aug.bow, (2, n, 1, 1))
-    flat += 4 * (bow[0] * xx**2 + bow[1] * yy**2)
-    flat += (rng.random((n, 1, 1)) < aug.offset_probability) * rng.uniform(
+    flat += 4 * relative * (bow[0] * xx**2 + bow[1] * yy**2)
+    flat += relative * (rng.random((n, 1, 1)) < aug.offset_probability) * rng.uniform(
         -aug.offset, aug.offset, (n, 1, 1))
     out = processing.normalise(flat)
     flip = rng.integers(0, 4, n)

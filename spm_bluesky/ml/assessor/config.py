@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from spm_bluesky.ml.assessor.augment import Augmentation
 from spm_bluesky.ml.assessor.data import Randomisation
+from spm_bluesky.ml.assessor.synth.config import SynthConfig
 
 
 @dataclass(frozen=True)
@@ -13,8 +14,19 @@ class TrainConfig:
     """Everything that determines the weights, besides torch's version and thread count."""
 
     seed: int = 0
+    #: Twin frames (:mod:`spm_bluesky.ml.assessor.data`).
     images: int = 20_000
     validation_images: int = 2_000
+    #: Synthetic frames (:mod:`spm_bluesky.ml.assessor.synth`): other surfaces, real-looking
+    #: tip defects, instrument noise; and their share of the validation split.
+    synth_images: int = 0
+    synth_validation_images: int = 0
+    #: Synthetic frames of every family held out for the card (held-out seed range).
+    synth_eval_images: int = 1_000
+    #: The network rescales each window by its own height range, and augmentation adds
+    #: heights relative to it (:class:`~spm_bluesky.ml.assessor.model.InputStage`); off for
+    #: the shipped weights, which the default command reproduces bit for bit.
+    scale_free: bool = False
     #: Held-out images evaluated for the model card (same set as ``eval assessor --seed 0``).
     eval_images: int = 5_000
     eval_base: int = 0
@@ -27,3 +39,4 @@ class TrainConfig:
     workers: int = 2
     randomisation: Randomisation = field(default_factory=Randomisation)
     augmentation: Augmentation = field(default_factory=Augmentation)
+    synth: SynthConfig = field(default_factory=SynthConfig)

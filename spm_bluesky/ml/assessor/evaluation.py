@@ -20,8 +20,9 @@ import numpy as np
 
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor import data as ds
-from spm_bluesky.ml.assessor.metrics import Report, evaluate, plot_reliability
-from spm_bluesky.protocols import CLASSES, Assessor
+from spm_bluesky.ml.assessor.metrics import Report, evaluate, plot_reliability, roc_auc
+from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
+from spm_bluesky.protocols import CLASSES, GOOD, Assessor
 
 UNSTABLE = CLASSES.index("unstable")
 #: Molecules in view for a frame to count as observable.
@@ -119,3 +120,31 @@ def run(
                          f"held-out twin frames")
         print(f"wrote {png_path}")
     return evaluation
+
+
+def good_versus_bad(p_good: np.ndarray, labels: np.ndarray,
+                    threshold: float = 0.5) -> dict[str, float]:
+    """Good (positive) versus any defect: AUC of p(good), balanced accuracy and accuracy of
+    ``p(good) >= threshold``, and the number of frames."""
+    is_good = np.asarray(labels) == CLASSES.index(GOOD)
+    called = np.asarray(p_good) >= threshold
+    both = 0 < is_good.sum() < len(is_good)  # else AUC and balanced accuracy are undefined
+    return {"n": len(is_good),
+            "auc": roc_auc(p_good, is_good) if both else float("nan"),
+            "balanced_accuracy": float((called[is_good].mean() + (~called[~is_good]).mean()) / 2)
+            if both else float("nan"),
+            "accuracy": float(np.mean(called == is_good))}
+
+
+def synth_figures(assessor: Assessor, dataset: ds.Dataset) -> dict[str, dict[str, float]]:
+    """Good versus bad on a synthetic set (:mod:`spm_bluesky.ml.assessor.synth`): over all
+    frames and per surface family present."""
+    p_good = probabilities_on(assessor, dataset)[:, CLASSES.index(GOOD)]
+    labels = dataset.column("label")
+    family = dataset.column("family")
+    out = {"all": good_versus_bad(p_good, labels)}
+    for index, name in enumerate(FAMILY_NAMES):
+        mask = family == index
+        if mask.any():
+            out[name] = good_versus_bad(p_good[mask], labels[mask])
+    return out

@@ -4,6 +4,11 @@ DeepSPM's VGG (four blocks of three convolutions up to 512 channels, two 1024-wi
 layers) costs tens of milliseconds per image on a CPU. This one keeps the idea (3x3
 convolutions, batch norm, max pooling) at a width that answers in about a millisecond:
 
+- optionally (``TipNet(robust=True)``, ``train assessor --scale-free``), a per-window robust
+  rescaling (:class:`InputStage`): the prepared window minus its median, divided by half its
+  1 to 99 % height range, clipped to +-4, so the network sees shapes, not an absolute height
+  scale (a quiet instrument's 0.3 pm streaks and a 2 A molecule layer look alike in scale);
+  a weight file says whether it was trained with it;
 - a lossless 2x2 space-to-depth step (``PixelUnshuffle``): 1 x 64 x 64 becomes 4 x 32 x 32,
   so no convolution runs at full resolution, yet every pixel and scan line is seen;
 - two convolutions at 32 px (32 channels), two at 16 px (64), one at 8 px (128);
@@ -18,6 +23,12 @@ from torch import nn
 
 from spm_bluesky.protocols import CLASSES
 
+#: Quantiles whose half-difference is the window's height scale.
+SCALE_QUANTILES = (0.01, 0.99)
+#: Smallest scale in input units (0.01 pm): a perfectly flat window stays flat.
+MIN_SCALE = 1e-4
+#: Rescaled inputs are clipped to this (spikes, steps).
+CLIP = 4.0
 #: Convolutions per scale after the space-to-depth step (channels of each).
 STAGES: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128,))
 DROPOUT = 0.2
@@ -28,6 +39,57 @@ def _conv(channels_in: int, channels_out: int) -> list[nn.Module]:
             nn.BatchNorm2d(channels_out), nn.ReLU(inplace=True)]
 
 
+class InputStage(nn.Module):
+    """Robust per-window rescaling (when :attr:`robust`), then 2x2 space-to-depth.
+
+    Parameter-free. A rescaling stage holds a ``robust`` buffer, so the choice travels with
+    the weights (and into the agent's body, which reuses ``features``): a state_dict with it
+    loads as a rescaling stage, one without it (weights trained before the rescaling, or
+    without it) as the plain stage, whatever the stage was built as. Without the buffer the
+    state_dict is exactly the one of the network before the rescaling existed, so training
+    without it still writes bit-identical weight files.
+    """
+
+    def __init__(self, robust: bool = False) -> None:
+        super().__init__()
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.robust = False
+        self._set_robust(robust)
+
+    def _set_robust(self, robust: bool) -> None:
+        if robust and not self.robust:
+            self.register_buffer("robust_on", torch.ones(()))
+        elif not robust and self.robust:
+            del self._buffers["robust_on"]
+        self.robust = robust
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object,
+                              **kwargs: object) -> None:
+        self._set_robust(prefix + "robust_on" in state_dict)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, 1, h, w)`` prepared windows -> ``(n, 4, h/2, w/2)``."""
+        if self.robust:
+            x = rescale(x)
+        return self.unshuffle(x)
+
+
+def rescale(x: torch.Tensor) -> torch.Tensor:
+    """Each window minus its median over half its 1 to 99 % range, clipped to +-:data:`CLIP`.
+
+    Quantiles are nearest-rank values by selection (``kthvalue``: several times faster than
+    ``torch.quantile`` or a sort at batch 1).
+    """
+    flat = x.flatten(1)
+    last = flat.shape[1] - 1
+    low, mid, high = (flat.kthvalue(round(q * last) + 1, dim=1).values
+                      for q in (SCALE_QUANTILES[0], 0.5, SCALE_QUANTILES[1]))
+    scale = ((high - low) / 2).clamp_min(MIN_SCALE)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return ((x - mid.view(shape)) / scale.view(shape)).clamp(-CLIP, CLIP)
+
+
 class TipNet(nn.Module):
     """(n, 1, 64, 64) network inputs -> (n, 5) logits.
 
@@ -36,9 +98,9 @@ class TipNet(nn.Module):
     """
 
     def __init__(self, stages: tuple[tuple[int, ...], ...] = STAGES,
-                 classes: int = len(CLASSES)) -> None:
+                 classes: int = len(CLASSES), robust: bool = False) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.PixelUnshuffle(2)]
+        layers: list[nn.Module] = [InputStage(robust)]
         channels = 4
         for index, widths in enumerate(stages):
             if index:

@@ -11,7 +11,9 @@ beside the checkout. ``tools/build_real_set.py`` rebuilds them from the public r
 
 Good versus bad: ``good`` is the positive class; ``multi_apex``, ``blunt``, ``adsorbate`` and
 ``unstable`` are bad; ``unclear`` images are shown but not scored. An image counts as called
-good when p(good) >= the threshold (0.5 unless said otherwise).
+good when p(good) >= the threshold (0.5 unless said otherwise). The figures are on every
+scored image; an assessor that abstains also gets its unsure rate (over all images, and
+per source) and its figures on the images it is sure of.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from spm_bluesky.domain.display import display_image
+from spm_bluesky.ml.assessor import physics
 from spm_bluesky.ml.assessor.metrics import roc_auc
 from spm_bluesky.protocols import CLASSES, GOOD, Assessment, Assessor
 
@@ -195,6 +198,28 @@ class RealEvaluation:
     probabilities: np.ndarray  # (n, 5) in CLASSES order
     overall: Figures
     by_source: dict[str, Figures]
+    #: Per image: the assessor's unsure score (NaN when it has none) and verdict.
+    unsure_scores: np.ndarray
+    unsure: np.ndarray
+
+    @property
+    def abstains(self) -> bool:
+        """True if the assessor gave unsure scores."""
+        return bool(np.any(np.isfinite(self.unsure_scores)))
+
+    def unsure_rate(self, source: str | None = None) -> float:
+        """Share of images (of ``source``, or all) the assessor is unsure of; NaN if it
+        does not abstain."""
+        if not self.abstains:
+            return math.nan
+        mask = np.array([source in (None, s) for s in self.sources])
+        return float(np.mean(self.unsure[mask])) if mask.any() else math.nan
+
+    def sure(self) -> Figures:
+        """The figures on the images the assessor is sure of."""
+        keep = ~self.unsure
+        return figures([lab for lab, k in zip(self.labels, keep, strict=True) if k],
+                       self.p_good[keep])
 
     @property
     def p_good(self) -> np.ndarray:
@@ -236,19 +261,29 @@ class RealEvaluation:
             f"accuracy at 0.5 / 0.9        {o.accuracy_at['0.5']:.3f} / "
             f"{o.accuracy_at['0.9']:.3f}",
             f"mean p(good): good / bad     {o.mean_p_good_good:.3f} / {o.mean_p_good_bad:.3f}",
-            "unsure rate                  n/a (this assessor does not abstain)",
+            *self._unsure_lines(),
             "",
             f"{'source':<20}{'n':>4}{'good':>6}{'bad':>5}{'unclr':>6}{'bal.acc':>9}{'AUC':>7}"
-            f"{'acc@0.5':>9}{'acc@0.9':>9}",
+            f"{'acc@0.5':>9}{'acc@0.9':>9}{'unsure':>8}",
         ]
         for name, f in self.by_source.items():
             lines.append(f"{name:<20}{f.n_scored + f.n_unclear:>4}{f.n_good:>6}{f.n_bad:>5}"
                          f"{f.n_unclear:>6}{f.balanced_accuracy:>9.3f}{f.auc:>7.3f}"
-                         f"{f.accuracy_at['0.5']:>9.3f}{f.accuracy_at['0.9']:>9.3f}")
+                         f"{f.accuracy_at['0.5']:>9.3f}{f.accuracy_at['0.9']:>9.3f}"
+                         f"{self.unsure_rate(name):>8.3f}")
         lines += ["", "goals:"] + [
             f"  {name:<26}{g['target']:<8} measured {g['value']:.3f}  "
             f"{'met' if g['met'] else 'MISSED'}" for name, g in self.goals().items()]
         return "\n".join(lines)
+
+    def _unsure_lines(self) -> list[str]:
+        if not self.abstains:
+            return ["unsure rate                  n/a (this assessor does not abstain)"]
+        sure = self.sure()
+        return [f"unsure rate                  {self.unsure_rate():.3f}  "
+                f"({int(self.unsure.sum())} of {len(self.unsure)} images)",
+                f"on the {sure.n_scored} scored images it is sure of: balanced accuracy "
+                f"{sure.balanced_accuracy:.3f}, AUC {sure.auc:.3f}"]
 
     def to_json(self) -> dict[str, Any]:
         """Figures, goals and per-image verdicts as plain JSON values (NaN as null)."""
@@ -265,12 +300,16 @@ class RealEvaluation:
             "within_source_auc": clean(self.within_source_auc()),
             "by_source": {k: clean(asdict(f)) for k, f in self.by_source.items()},
             "goals": clean(self.goals()),
+            "unsure_rate": clean(self.unsure_rate()),
+            "unsure_rate_by_source": {k: clean(self.unsure_rate(k)) for k in self.by_source},
+            "sure": clean(asdict(self.sure())) if self.abstains else None,
             "images": [
                 {"id": i, "source": s, "label": lab, "p_good": float(p), "top_class": top,
-                 "probabilities": dict(zip(CLASSES, map(float, probs), strict=True))}
-                for i, s, lab, p, top, probs in zip(self.ids, self.sources, self.labels,
-                                                    self.p_good, self.top_class,
-                                                    self.probabilities, strict=True)],
+                 "probabilities": dict(zip(CLASSES, map(float, probs), strict=True)),
+                 "unsure_score": clean(float(score)), "unsure": bool(flag)}
+                for i, s, lab, p, top, probs, score, flag in zip(
+                    self.ids, self.sources, self.labels, self.p_good, self.top_class,
+                    self.probabilities, self.unsure_scores, self.unsure, strict=True)],
         }
 
 
@@ -295,6 +334,13 @@ def evaluate(assessor: Assessor, real_set: RealSet) -> RealEvaluation:
         verdicts = [assessor.assess(i.image, i.scan_size_m) for i in items]
     probabilities = np.array([[a.probabilities[c] for c in CLASSES] for a in verdicts],
                              dtype=np.float64).reshape(len(items), len(CLASSES))
+    return _evaluation(assessor.model_id, real_set, probabilities,
+                       np.array([a.unsure_score for a in verdicts], dtype=np.float64),
+                       np.array([a.unsure for a in verdicts], dtype=bool))
+
+
+def _evaluation(model_id: str, real_set: RealSet, probabilities: np.ndarray,
+                unsure_scores: np.ndarray, unsure: np.ndarray) -> RealEvaluation:
     labels = tuple(i.label for i in real_set.images)
     sources = tuple(i.source for i in real_set.images)
     p_good = probabilities[:, CLASSES.index(GOOD)]
@@ -303,8 +349,19 @@ def evaluate(assessor: Assessor, real_set: RealSet) -> RealEvaluation:
         mask = np.array([s == name for s in sources])
         by_source[name] = figures([lab for lab, m in zip(labels, mask, strict=True) if m],
                                   p_good[mask])
-    return RealEvaluation(assessor.model_id, tuple(i.id for i in real_set.images), sources,
-                          labels, probabilities, figures(labels, p_good), by_source)
+    return RealEvaluation(model_id, tuple(i.id for i in real_set.images), sources,
+                          labels, probabilities, figures(labels, p_good), by_source,
+                          unsure_scores, unsure)
+
+
+def with_veto(evaluation: RealEvaluation, real_set: RealSet) -> RealEvaluation:
+    """The same verdicts after the line-streak veto (:func:`physics.veto`, its threshold
+    calibrated on twin images): the figures with and without the physics beside the
+    network."""
+    vetoed = np.stack([physics.veto(p, item.image) for p, item
+                       in zip(evaluation.probabilities, real_set.images, strict=True)])
+    return _evaluation(evaluation.model_id + "+veto", real_set, vetoed,
+                       evaluation.unsure_scores, evaluation.unsure)
 
 
 def write_json(evaluation: RealEvaluation, path: Path | str) -> Path:
@@ -325,7 +382,8 @@ def contact_sheet(real_set: RealSet, path: Path | str,
                   evaluation: RealEvaluation | None = None, columns: int = 10) -> Path:
     """A PNG of every image as a user first sees it (robust plane, 0.5-99.5 % contrast)
     with its id, label, confidence, a scale bar in nm, and, given an evaluation, p(good)
-    and the top class (red where the verdict disagrees with a scored label)."""
+    and the top class (red where the verdict disagrees with a scored label; ``unsure``
+    where the assessor abstains)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,8 +397,9 @@ def contact_sheet(real_set: RealSet, path: Path | str,
     axes = fig.subplots(rows, columns, squeeze=False)
     verdicts = {}
     if evaluation is not None:
-        verdicts = {i: (p, top) for i, p, top in zip(evaluation.ids, evaluation.p_good,
-                                                    evaluation.top_class, strict=True)}
+        verdicts = {i: (p, top, unsure) for i, p, top, unsure in zip(
+            evaluation.ids, evaluation.p_good, evaluation.top_class, evaluation.unsure,
+            strict=True)}
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, item in zip(axes.ravel(), images, strict=False):
@@ -356,8 +415,8 @@ def contact_sheet(real_set: RealSet, path: Path | str,
         title = f"{short}\n{item.source}\n{item.label} ({item.confidence})"
         colour = "black"
         if item.id in verdicts:
-            p, top = verdicts[item.id]
-            title += f"\np(good) {p:.2f}, {top}"
+            p, top, unsure = verdicts[item.id]
+            title += f"\np(good) {p:.2f}, {top}" + (", unsure" if unsure else "")
             if item.label != UNCLEAR and (p >= 0.5) != (item.label == GOOD):
                 colour = "darkred"
         ax.set_title(title, fontsize=8, color=colour, pad=2)

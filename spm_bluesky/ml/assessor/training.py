@@ -1,4 +1,5 @@
-"""Training the assessor: twin data, augmentation, AdamW, temperature scaling, model card.
+"""Training the assessor: twin and synthetic data, augmentation, AdamW, temperature scaling,
+the unsure calibration, model card.
 
 ``spm-bluesky train assessor`` runs :func:`train`. Everything random derives from the seed
 (twin images, weight init, shuffling, augmentation, dropout) and torch runs with
@@ -9,10 +10,11 @@ rewrites the shipped weights bit for bit.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,14 +28,18 @@ from spm_bluesky.ml.assessor.assessor import (
     MODEL_NAME,
     TipNetAssessor,
     frame_scores,
+    load_assessor,
     serialise,
     window_logits,
 )
 from spm_bluesky.ml.assessor.augment import augment_batch
 from spm_bluesky.ml.assessor.config import TrainConfig
-from spm_bluesky.ml.assessor.evaluation import evaluate_on, held_out_randomisation
+from spm_bluesky.ml.assessor.evaluation import evaluate_on, held_out_randomisation, synth_figures
 from spm_bluesky.ml.assessor.model import STAGES, TipNet
-from spm_bluesky.ml.card import WEIGHTS, model_id_for, write_card
+from spm_bluesky.ml.assessor.synth import generate as synth
+from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
+from spm_bluesky.ml.assessor.unsure import UnsureCalibration, calibrate_unsure
+from spm_bluesky.ml.card import WEIGHTS, card_paths, model_id_for, write_card
 from spm_bluesky.protocols import CLASSES
 
 #: Batches smaller than this are skipped (batch norm needs a few samples).
@@ -49,6 +55,10 @@ NOTES = [
     "Frames over 20 nm are judged on their central 20 nm; frames coarser than about "
     "0.3 nm per pixel lose the detail a double tip shows in.",
 ]
+#: The first note instead, when synthetic frames were trained on too.
+SYNTH_NOTE = ("Trained on the digital twin and on synthetic frames (eight surface families, "
+              "real-looking tip defects, instrument noise; spm_bluesky.ml.assessor.synth); "
+              "real-set figures: spm-bluesky eval assessor --real.")
 
 
 @dataclass(frozen=True)
@@ -83,9 +93,19 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     return best_t, best_nll
 
 
-def _flatten(dataset: ds.Dataset) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    images = [image for group in dataset.groups for image in group.images]
-    return images, dataset.column("scan_size"), dataset.column("label").astype(np.int64)
+def _flatten(*datasets: ds.Dataset) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    parts = [d for d in datasets if len(d)]
+    images = [image for d in parts for group in d.groups for image in group.images]
+    sizes = np.concatenate([d.column("scan_size") for d in parts])
+    labels = np.concatenate([d.column("label") for d in parts]).astype(np.int64)
+    return images, sizes, labels
+
+
+def _synth_set(split: ds.SeedRange, base: int, count: int, config: TrainConfig,
+               data_dir: Path | str | None) -> ds.Dataset:
+    if count == 0:
+        return ds.Dataset([], {"seeds": [], "class_counts": {}})
+    return synth.cached(split, base, count, data_dir, config.synth, config.workers)
 
 
 def prepared(dataset: ds.Dataset) -> list[np.ndarray]:
@@ -132,12 +152,17 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
                           config.randomisation, config.workers, progress)
     val_set = ds.cached(ds.VALIDATION, config.seed, config.validation_images, data_dir,
                         config.randomisation, config.workers, progress)
-    images, sizes, labels = _flatten(train_set)
-    val_inputs = prepared(val_set)
-    val_labels = val_set.column("label").astype(np.int64)
+    synth_train = _synth_set(ds.TRAIN, config.seed, config.synth_images, config, data_dir)
+    synth_val = _synth_set(ds.VALIDATION, config.seed, config.synth_validation_images, config,
+                           data_dir)
+    images, sizes, labels = _flatten(train_set, synth_train)
+    val_inputs = prepared(val_set) + prepared(synth_val)
+    val_labels = _flatten(val_set, synth_val)[2]
 
     # torch's stubs lack Module.to's memory_format keyword (torch accepts it).
-    model = TipNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = TipNet(robust=config.scale_free).to(  # type: ignore[call-overload]
+        memory_format=torch.channels_last)
+    augmentation = replace(config.augmentation, relative_heights=config.scale_free)
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -159,7 +184,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
                 schedule.step()
                 continue
             x = torch.from_numpy(augment_batch([images[i] for i in index], sizes[index], rng,
-                                               config.augmentation)).unsqueeze(1)
+                                               augmentation)).unsqueeze(1)
             x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(labels[index])
             logits = model(x)
@@ -190,7 +215,18 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
     held_out = ds.cached(ds.HELD_OUT, config.eval_base, config.eval_images, data_dir,
                          held_out_randomisation(config.randomisation), config.workers,
                          progress)
-    evaluation = evaluate_on(TipNetAssessor(model, model_id), held_out)
+    trained = TipNetAssessor(model, model_id)
+    evaluation = evaluate_on(trained, held_out)
+    # Every family, also one left out of training: the card then shows how it generalises.
+    every_family = replace(config, synth=replace(config.synth, families=FAMILY_NAMES))
+    synth_held_out = _synth_set(ds.HELD_OUT, config.eval_base, config.synth_eval_images,
+                                every_family, data_dir)
+    synthetic = synth_figures(trained, synth_held_out) if len(synth_held_out) else {}
+    # The abstention: class means and covariance from the frames trained on, the threshold
+    # from the validation frames (written beside the weights).
+    unsure = calibrate_unsure(
+        trained, ds.Dataset(train_set.groups + synth_train.groups, train_set.manifest),
+        ds.Dataset(val_set.groups + synth_val.groups, val_set.manifest), out)
     wall = time.perf_counter() - started
     card = {
         "name": "tipnet assessor",
@@ -205,8 +241,10 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
                          "parameters": sum(p.numel() for p in model.parameters())},
         "input": "square frame in metres, 8 to 1024 px; processing.prepare: 64 px windows at "
                  "10 nm / 64 px (one up to 10 nm, four up to 20 nm, central 20 nm of bigger "
-                 "frames), robust plane subtraction, clip(h/1A - 1, -1.5, 1.5); frame score = "
-                 "mean window log-softmax, calibrated by temperature",
+                 "frames), robust plane subtraction, clip(h/1A - 1, -1.5, 1.5); "
+                 + ("in the network, each window minus its median over half its 1-99 % "
+                    "range, clipped to +-4; " if config.scale_free else "")
+                 + "frame score = mean window log-softmax, calibrated by temperature",
         "calibration": {"method": "temperature scaling on the validation split",
                         "temperature": temperature, "validation_nll": val_nll,
                         "validation_accuracy": val_accuracy},
@@ -214,6 +252,8 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
             "command": command_for(config, out),
             "config": asdict(config),
             "train_seeds": train_set.manifest["seeds"],
+            "synth_train_seeds": synth_train.manifest["seeds"],
+            "synth_validation_seeds": synth_val.manifest["seeds"],
             "validation_seeds": val_set.manifest["seeds"],
             "train_class_counts": train_set.manifest["class_counts"],
             "train_pixel_counts": train_set.manifest["pixel_counts"],
@@ -223,7 +263,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
-        "notes": NOTES,
+        "notes": [SYNTH_NOTE, *NOTES[1:]] if config.synth_images else NOTES,
         "held_out": {
             "seed_range": held_out.manifest["seed_range"],
             "seeds": held_out.manifest["seeds"],
@@ -236,15 +276,56 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
             "metrics": evaluation.observable.to_json(),
             "all_frames": evaluation.all_frames.to_json(),
         },
+        "unsure": unsure.summary(),
+        "synthetic_held_out": {
+            "seeds": synth_held_out.manifest["seeds"],
+            "good_versus_bad": synthetic,
+        },
     }
     card_path = write_card(card, out)
     return TrainedAssessor(out, card_path, model_id, wall, temperature, val_nll)
+
+
+def calibrate_weights(weights: Path | str = WEIGHTS, seed: int = 0, images: int = 3_000,
+                      validation_images: int = 3_000, data_dir: Path | str | None = None,
+                      workers: int = 2, progress: bool = True) -> UnsureCalibration:
+    """Calibrate the unsure score of existing weights, as training does for new ones.
+
+    The class statistics come from ``images`` twin training frames of ``seed``, the
+    threshold from ``validation_images`` validation frames; the calibration is written
+    beside the weights and recorded in their model card, if it has one (with the command
+    that regenerates it: ``spm-bluesky train unsure``).
+    """
+    weights = Path(weights)
+    assessor = load_assessor(weights, calibrated=False)
+    randomisation = TrainConfig().randomisation
+    fit_set = ds.cached(ds.TRAIN, seed, images, data_dir, randomisation, workers, progress)
+    threshold_set = ds.cached(ds.VALIDATION, seed, validation_images, data_dir,
+                              randomisation, workers, progress)
+    calibration = calibrate_unsure(assessor, fit_set, threshold_set, weights)
+    card_path = card_paths(weights)[0]
+    if card_path.is_file():
+        card = json.loads(card_path.read_text())
+        command = (f"spm-bluesky train unsure --seed {seed} --images {images} "
+                   f"--validation-images {validation_images}")
+        if weights.resolve() != WEIGHTS.resolve():
+            command += f" --weights {weights}"
+        card["unsure"] = {**calibration.summary(), "command": command}
+        write_card(card, weights)
+    return calibration
 
 
 def command_for(config: TrainConfig, out: Path) -> str:
     """The command line that reproduces these weights."""
     command = (f"spm-bluesky train assessor --seed {config.seed} --images {config.images} "
                f"--epochs {config.epochs}")
+    if config.synth_images:
+        command += f" --synth-images {config.synth_images}"
+    if config.scale_free:
+        command += " --scale-free"
+    left_out = [f for f in FAMILY_NAMES if f not in config.synth.families]
+    if left_out:
+        command += "".join(f" --leave-out {f}" for f in left_out)
     if out.resolve() != WEIGHTS.resolve():
         command += f" --out {out}"
     return command

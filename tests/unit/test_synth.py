@@ -1,0 +1,151 @@
+"""The synthetic training frames (surface families, tip defects, instrument noise) and the
+assessor's scale-free input stage."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from spm_bluesky.domain import processing
+from spm_bluesky.ml.assessor import data as ds
+from spm_bluesky.ml.assessor.model import TipNet
+from spm_bluesky.ml.assessor.synth import generate as synth
+from spm_bluesky.ml.assessor.synth import surfaces, tips
+from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
+from spm_bluesky.ml.assessor.synth.noise import NOISE_FAMILIES, add_noise
+from spm_bluesky.protocols import CLASSES
+
+CONFIG = synth.SynthConfig()
+
+
+@pytest.mark.parametrize("family", list(surfaces.FAMILIES))
+def test_every_family_renders_a_finite_varied_surface(family):
+    grid = surfaces.Grid(96, 12.0)
+    heights = surfaces.FAMILIES[family](grid, np.random.default_rng(3))
+    assert heights.shape == (96, 96)
+    assert np.all(np.isfinite(heights))
+    # Units of the corrugation: features about 1 high (steps may add a few).
+    assert 0.2 < np.ptp(heights) < 8.0, family
+
+
+@pytest.mark.parametrize("label", range(len(CLASSES)))
+def test_frames_are_reproducible_from_their_seed(label):
+    first, scene = synth.render(123 + label, label, CONFIG)
+    again, scene_again = synth.render(123 + label, label, CONFIG)
+    other, _ = synth.render(124 + label, label, CONFIG)
+    assert np.array_equal(first, again) and scene == scene_again
+    assert first.shape != other.shape or not np.array_equal(first, other)
+
+
+def test_frames_cover_the_scan_sizes_pixels_and_heights_asked_for():
+    scenes = [synth.render(seed, seed % 5, CONFIG)[1] for seed in range(60)]
+    frame_nm = np.array([s.frame_size for s in scenes]) * 1e9
+    assert frame_nm.min() >= 4.0 and frame_nm.max() <= 50.0
+    assert frame_nm.max() > 25.0 and frame_nm.min() < 8.0  # the range is used
+    assert {s.frame_pixels for s in scenes} <= set(CONFIG.pixels)
+    assert all(synth.MIN_STORED <= s.pixels <= synth.STORED_PIXELS for s in scenes)
+    assert all(s.scan_size <= processing.MAX_EXTENT + 1e-15 for s in scenes)
+    corrugation = np.array([s.corrugation for s in scenes])
+    assert corrugation.min() >= 0.05e-10 and corrugation.max() <= 3e-10
+    assert corrugation.max() / corrugation.min() > 10  # no single height scale
+    assert len({s.family for s in scenes}) == len(surfaces.FAMILIES)
+
+
+def test_only_unstable_tips_change_during_the_frame():
+    scenes = [synth.render(seed, seed % 5, CONFIG)[1] for seed in range(40)]
+    unstable = CLASSES.index("unstable")
+    assert all((s.tip_changes > 0) == (s.label == unstable) for s in scenes)
+
+
+def test_ghosts_and_adsorbates_are_drawn_on_surfaces_that_can_show_them():
+    """A ghost or a contrast change of a perfect lattice is a perfect lattice again."""
+    lattice = list(surfaces.FAMILIES).index("lattice")
+    for label in (CLASSES.index("multi_apex"), CLASSES.index("adsorbate")):
+        assert all(synth.render(seed, label, CONFIG)[1].family != lattice for seed in range(40))
+    assert any(synth.render(seed, 0, CONFIG)[1].family == lattice for seed in range(40))
+
+
+def test_tip_changes_show_as_line_jumps():
+    """An unstable tip's frames have more abrupt line jumps than a good tip's, same seeds."""
+    good = unstable = 0
+    for seed in range(20):
+        good += len(processing.line_jumps(synth.render(seed, 0, CONFIG)[0]))
+        unstable += len(processing.line_jumps(synth.render(seed, 4, CONFIG)[0]))
+    assert unstable > 2 * good + 10
+
+
+def test_blunt_tip_removes_detail_and_ghosts_add_features():
+    grid = surfaces.Grid(128, 10.0)
+    x, y = grid.coords()
+    heights = sum(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 0.25**2))
+                  for cx, cy in [(2, 2), (2, 7), (7, 3), (6, 7)])
+    sharp = tips.good(heights, grid.pixel_nm, np.random.default_rng(1))
+    broad = tips.blunt(heights, grid.pixel_nm, np.random.default_rng(1))
+    assert np.abs(np.diff(broad, axis=1)).mean() < 0.6 * np.abs(np.diff(sharp, axis=1)).mean()
+    double = tips.multi_apex(heights, grid.pixel_nm, np.random.default_rng(2))
+    assert (double > 0.3).mean() > (sharp > 0.3).mean()  # each molecule seen twice
+
+
+def test_noise_families_are_scaled_to_the_level_asked_for():
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        noisy, drawn = add_noise(np.zeros((64, 64)), 1e-12, rng)
+        assert set(drawn) <= set(NOISE_FAMILIES) and "white" in drawn
+        assert 0.1e-12 < np.median(np.abs(noisy - np.median(noisy))) < 10e-12
+
+
+def test_a_family_can_be_left_out_and_unknown_ones_are_refused():
+    without = CONFIG.without("porous")
+    assert "porous" not in without.families
+    scenes = [synth.render(seed, 0, without)[1] for seed in range(40)]
+    assert surfaces.FAMILIES.__len__() - 1 == len({s.family for s in scenes})
+    assert list(surfaces.FAMILIES).index("porous") not in {s.family for s in scenes}
+    with pytest.raises(ValueError, match="unknown or no surface families"):
+        replace(CONFIG, families=("porous", "cheese"))
+
+
+def test_synthetic_sets_are_balanced_and_round_trip(tmp_path):
+    dataset = synth.cached(ds.TESTS, 0, 10, tmp_path)
+    assert len(dataset) == 10
+    assert len(list(tmp_path.glob("synth-tests-b0-n10-*"))) == 1
+    assert np.array_equal(np.sort(dataset.column("label")), np.repeat(np.arange(5), 2))
+    again = synth.cached(ds.TESTS, 0, 10, tmp_path)  # read back, sha256 checked
+    assert all(np.array_equal(a.images, b.images) for a, b in zip(dataset.groups, again.groups,
+                                                                   strict=True))
+
+
+def test_robust_input_stage_ignores_the_height_scale():
+    torch.manual_seed(0)
+    net = TipNet(robust=True).eval()
+    x = torch.from_numpy(processing.prepare(synth.render(7, 0, CONFIG)[0], 10e-9)[None])
+    # DeepSPM's input is h / 1 A - 1: a 3x taller, shifted image is an affine change of it.
+    taller = 3 * (x + 1) - 1 + 0.2
+    with torch.inference_mode():
+        assert torch.allclose(net(x), net(taller), atol=1e-4)
+        legacy = TipNet(robust=True).eval()  # built with the stage: the weights decide
+        legacy.load_state_dict({k: v for k, v in net.state_dict().items()
+                                if not k.endswith("robust_on")})
+        assert not legacy.features[0].robust
+        assert not torch.allclose(legacy(x), legacy(taller), atol=1e-2)
+
+
+def test_family_names_match_the_families():
+    assert tuple(surfaces.FAMILIES) == FAMILY_NAMES
+
+
+def test_the_weights_say_whether_the_input_is_rescaled():
+    """A plain network's state_dict has exactly the keys it had before the rescaling stage
+    existed (so training without it writes the same files); a rescaled one carries its
+    marker, and either loads into a network built either way."""
+    plain, rescaled = TipNet().state_dict(), TipNet(robust=True).state_dict()
+    assert set(rescaled) - set(plain) == {"features.0.robust_on"}
+    assert not any("robust" in key for key in plain)
+    for state, robust in ((plain, False), (rescaled, True)):
+        for built in (False, True):
+            net = TipNet(robust=built)
+            net.load_state_dict(state)
+            assert net.features[0].robust is robust
+            assert set(net.state_dict()) == set(state)
