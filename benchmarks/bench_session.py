@@ -1,11 +1,13 @@
 """An autonomous session of H simulated hours over the real IOC and an embedded Tiled server.
 
-Run: ``python benchmarks/bench_session.py [--hours 72] [--seed 0] [--policy heuristic]``
-from the repository root. Starts its own IOC (subprocess, ``Sim:TimeScale`` 0, private
-loopback CA ports) and Tiled (temporary directory), runs ``autonomous_session`` with the
-session writer, and prints a table: wall time, images, images/s, good fraction, episodes,
-RSS of this process at the start and end, the IOC's ``Scan:FrameCounter`` against the
-images in Tiled, and a content check: an independent CA client (caproto) hashes every frame
+Run: ``python benchmarks/bench_session.py [--hours 72] [--seed 0] [--policy heuristic]
+[--durable]`` from the repository root. Starts its own IOC (subprocess, ``Sim:TimeScale`` 0,
+private loopback CA ports) and Tiled (temporary directory), runs ``autonomous_session`` with
+the session writer (or, with ``--durable``, as ``spm-bluesky run`` does: every document
+fsynced to the journal, drained to Tiled in the background, safety marks first), and
+prints a table: wall time, images, images/s, good fraction, episodes, RSS of this process at
+the start and end, the IOC's ``Scan:FrameCounter`` against the images in Tiled, and a
+content check: an independent CA client (caproto) hashes every frame
 the IOC serves, and the hashes of the images read back from Tiled must be the same multiset.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -44,6 +47,7 @@ from spm_bluesky.storage import (  # noqa: E402
     runs_by_session,
     start_server,
 )
+from spm_bluesky.storage.durable import durable_path  # noqa: E402
 
 PIXELS = 64
 
@@ -100,6 +104,8 @@ def main() -> None:
     parser.add_argument("--policy", default="heuristic", choices=("agent", "heuristic",
                                                                     "random"))
     parser.add_argument("--run-images", type=int, default=50, help="images per scan run")
+    parser.add_argument("--durable", action="store_true",
+                        help="documents through the journal and its drain, as `run` has them")
     args = parser.parse_args()
 
     me = psutil.Process()
@@ -109,7 +115,15 @@ def main() -> None:
     try:
         client = connect(server.uri, server.api_key)
         RE = RunEngine(call_returns_result=True)
-        RE.subscribe(session_writer(client))
+        documents = contextlib.ExitStack()
+        safety = None
+        if args.durable:
+            path = documents.enter_context(durable_path(
+                data_dir, lambda: connect(server.uri, server.api_key)))
+            RE.subscribe(path)
+            safety = path.mark
+        else:
+            RE.subscribe(session_writer(client))
         with init_devices():
             stm = STM(ioc.prefix, name="stm", sim=True)
         assessor, policy = load_assessor(), policy_by_name(args.policy, seed=args.seed)
@@ -117,9 +131,12 @@ def main() -> None:
         rss = [mib(me)]
         RE.subscribe(lambda name, doc: rss.append(mib(me)), "stop")
         start = time.perf_counter()
-        summary = RE(autonomous_session(stm, assessor, policy, hours=args.hours,
-                                        run_images=args.run_images)).plan_result
-        wall = time.perf_counter() - start
+        with documents:
+            summary = RE(autonomous_session(stm, assessor, policy, hours=args.hours,
+                                            run_images=args.run_images,
+                                            safety=safety)).plan_result
+            wall = time.perf_counter() - start
+        stored_after = time.perf_counter() - start  # the drain has emptied the journal
         frame_counter = RE(bps.rd(stm.scan.frame_counter)).plan_result
         time.sleep(1.0)  # the last monitors
         served.close()
@@ -133,6 +150,7 @@ def main() -> None:
     rows = [
         ("simulated hours", f"{hours:.2f}"),
         ("wall time (s)", f"{wall:.0f}"),
+        ("wall time until Tiled holds every document (s)", f"{stored_after:.0f}"),
         ("images", f"{images}"),
         ("images/s", f"{images / wall:.1f}"),
         ("simulated hours per wall minute", f"{hours / wall * 60:.2f}"),
@@ -147,6 +165,7 @@ def main() -> None:
         ("content: Tiled images == served frames", f"{stored == served.hashes}"),
     ]
     print(f"\nautonomous session, seed {args.seed}, policy {args.policy}, "
+          f"{'journal and drain' if args.durable else 'session writer'}, "
           f"{args.run_images} images per scan run, load average "
           f"{os.getloadavg()[0]:.1f}\n")
     print("| measure | value |\n|---|---|")

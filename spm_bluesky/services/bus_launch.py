@@ -10,7 +10,6 @@ from the URL given to ``up``, which keeps it in ``<data dir>/bus.secret`` (mode 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from spm_bluesky.services.processes import stop_process
 from spm_bluesky.storage.bus import (
     PASSWORD_ENV,
     READY,
@@ -113,11 +113,4 @@ class ConsumerLaunch:
 
     def stop(self) -> None:
         """Stop the consumer (SIGTERM, then SIGKILL) and reap it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                self.process.wait()
+        stop_process(self.process)

@@ -7,7 +7,6 @@ looks for it. The IOC then runs with ``--backend nanonis`` pointed at both ports
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -18,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from spm_bluesky.services.processes import stop_process
 
 LOOPBACK = "127.0.0.1"
 #: The simulator's log in the data directory.
@@ -90,11 +91,4 @@ class SimLaunch:
 
     def stop(self) -> None:
         """Stop the simulator (SIGTERM, then SIGKILL) and reap it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                self.process.wait()
+        stop_process(self.process)

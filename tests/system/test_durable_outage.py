@@ -42,6 +42,7 @@ def _wait(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(OUTAGE_S + 300)
 def test_session_outlives_a_tiled_outage_and_tiled_gets_every_image(tmp_path):
     data_dir = tmp_path / "data"

@@ -27,6 +27,7 @@ def _soak_module():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_kills_in_every_phase_lose_nothing_and_resume_safely(tmp_path):
     soak = _soak_module()

@@ -180,6 +180,7 @@ def wait_for_runs(client, session: str, resumed: int, count: int,
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_stopped_and_killed_session_resumes_from_tiled_without_rescanning(tmp_path):
     data_dir = tmp_path / "data"
     state, _ = up(UpOptions(data_dir=data_dir, seed=41))

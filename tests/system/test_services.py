@@ -68,6 +68,7 @@ def test_commands_say_when_nothing_is_up(data_dir: Path) -> None:
     assert "OPENED" in shell.stdout and "Traceback" not in shell.stdout + shell.stderr
 
 
+@pytest.mark.slow
 def test_up_status_down(data_dir: Path) -> None:
     up = spm("up", "--data-dir", data_dir, "--seed", "3")
     assert up.returncode == 0, up.stderr
