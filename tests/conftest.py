@@ -16,12 +16,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 pytest_plugins = ["tests.fixtures_ioc", "tests.fixtures_tiled"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the slow tests first (stable otherwise), so that the two workers finish
-    together instead of one waiting on a long test that started last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture
 def RE():
     """A real RunEngine that returns run results; halted if a test leaves it busy."""

@@ -15,6 +15,7 @@ import re
 import shutil
 import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ from tiled.queries import Eq
 from spm_bluesky import schema
 from spm_bluesky.commandline.main import main
 from spm_bluesky.formats import ScanFile, read_scan, write_sxm
-from spm_bluesky.storage import TiledConfig, connect, read_array_stream, start_server
+from spm_bluesky.storage import (
+    TiledConfig,
+    TiledServer,
+    connect,
+    read_array_stream,
+    start_server,
+)
 from spm_bluesky.storage.importer import StoreFailed, store_run
 from spm_bluesky.storage.server import connect_files
 from tests.unit._formats_data import (
@@ -70,6 +77,18 @@ def _imported_runs(client: Any, session: str) -> dict[str, str]:
 def _api_key(tiled_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The commands find the test server's key in the environment, as a user's shell has it."""
     _where(tiled_server, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledServer]:
+    """This module's own Tiled server. An import is deduplicated over the whole server, and
+    a pytest-xdist worker that steals more of this module's tests later builds the module's
+    fixtures again: the second import must not meet the first one's runs."""
+    server = start_server(TiledConfig(tmp_path_factory.mktemp("tiled-files")))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
