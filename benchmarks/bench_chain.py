@@ -54,6 +54,17 @@ def rate(RE: RunEngine, detector, images: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def stm_alone_rate(images: int, pixels: int) -> tuple[STM, float]:
+    """The STM device at a 10 nm frame of ``pixels`` px, and its images per second through a
+    bare RunEngine (no subscriber): the baseline the durable and bus chains are compared to."""
+    bare = RunEngine()
+    with init_devices():
+        stm = STM(PREFIX, name="stm")
+    bare(set_frame(stm, 0.0, 0.0, FRAME_SIZE, pixels))
+    bare(count([stm.scan], num=5))  # warm up
+    return stm, rate(bare, stm.scan, images)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=200)

@@ -18,13 +18,10 @@ from spm_bluesky.services.epics_env import use_private_loopback_ca
 
 use_private_loopback_ca()  # before any CA client starts in this process
 
-from bench_chain import FRAME_SIZE, PREFIX, start_ioc  # noqa: E402
+from bench_chain import start_ioc, stm_alone_rate  # noqa: E402
 from bluesky import RunEngine  # noqa: E402
 from bluesky.plans import count  # noqa: E402
-from ophyd_async.core import init_devices  # noqa: E402
 
-from spm_bluesky.devices.stm import STM  # noqa: E402
-from spm_bluesky.plans.acquire import set_frame  # noqa: E402
 from spm_bluesky.storage import TiledConfig, start_server  # noqa: E402
 from spm_bluesky.storage.durable import durable_path  # noqa: E402
 
@@ -39,14 +36,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp, start_server(
                 TiledConfig(Path(tmp) / "tiled")) as server:
-            bare = RunEngine()
-            with init_devices():
-                stm = STM(PREFIX, name="stm")
-            bare(set_frame(stm, 0.0, 0.0, FRAME_SIZE, PIXELS))
-            bare(count([stm.scan], num=5))  # warm up
-            start = time.perf_counter()
-            bare(count([stm.scan], num=args.images))
-            alone = args.images / (time.perf_counter() - start)
+            stm, alone = stm_alone_rate(args.images, PIXELS)
 
             RE = RunEngine()
             with durable_path(Path(tmp), server.client) as path:

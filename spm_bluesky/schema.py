@@ -278,3 +278,49 @@ PLAN_NAME_QUERY: Final = "start." + PLAN_NAME
 START_TIME_QUERY: Final = "start.time"
 #: Search key of imported files' sha256s (a list: query with ``Contains``).
 SOURCE_SHA256_QUERY: Final = "start." + SOURCE_SHA256
+
+# -- a person's labels of stored images (``label_images`` runs) -----------------------------
+
+#: A batch of a person's labels of stored images: one :data:`LABELS` event per label, each
+#: naming the image (run uid and ``seq_num`` of its ``primary`` event) and its class. The
+#: start document carries the :data:`SESSION_UID` of the labelled images and :data:`WHO`.
+#: Not an image run: a session's readers skip it by its plan name.
+LABEL_IMAGES: Final = "label_images"
+#: The stream of a :data:`LABEL_IMAGES` run (not in :data:`STREAMS`, which are the streams of
+#: the microscope's runs).
+LABELS: Final = "labels"
+#: The device name of the label fields (the first part of their data keys).
+LABEL_DEVICE: Final = "label"
+#: The labelled image: its run's uid and its ``primary`` event's ``seq_num``.
+LABEL_RUN_UID: Final = data_key(LABEL_DEVICE, "run_uid")
+LABEL_SEQ_NUM: Final = data_key(LABEL_DEVICE, "seq_num")
+#: The class given: good, multi_apex, blunt, adsorbate, unstable or unclear.
+LABEL_CLASS: Final = data_key(LABEL_DEVICE, "class")
+#: Who labelled it and when (unix time).
+LABEL_WHO: Final = data_key(LABEL_DEVICE, "who")
+LABEL_WHEN: Final = data_key(LABEL_DEVICE, "when")
+#: The assessor verdict the label answers: model id and class ("" when none), p(good) (NaN).
+LABEL_MODEL_ID: Final = data_key(LABEL_DEVICE, "model_id")
+LABEL_MODEL_CLASS: Final = data_key(LABEL_DEVICE, "model_label")
+LABEL_P_GOOD: Final = data_key(LABEL_DEVICE, "p_good")
+#: Start-document key of a :data:`LABEL_IMAGES` or :data:`SESSION_CONTROL` run: the person
+#: who labelled, or who asked.
+WHO: Final = "who"
+
+# -- a person's pause, resume and stop of a session (``session_control`` runs) --------------
+
+#: One applied command of a person (from the console) to a running session: one
+#: :data:`CONTROL` event. The start document carries the session's :data:`SESSION_UID` and
+#: :data:`WHO`. Not an image run: a session's readers skip it by its plan name.
+SESSION_CONTROL: Final = "session_control"
+#: The stream of a :data:`SESSION_CONTROL` run.
+CONTROL: Final = "control"
+#: The device name of the control fields (the first part of their data keys).
+CONTROL_DEVICE: Final = "control"
+#: The command (pause, resume or stop), who asked, when they asked and when the session
+#: applied it (unix times), and the request's sequence number in the session's request file.
+CONTROL_COMMAND: Final = data_key(CONTROL_DEVICE, "command")
+CONTROL_WHO: Final = data_key(CONTROL_DEVICE, "who")
+CONTROL_REQUESTED: Final = data_key(CONTROL_DEVICE, "requested")
+CONTROL_APPLIED: Final = data_key(CONTROL_DEVICE, "applied")
+CONTROL_SEQ: Final = data_key(CONTROL_DEVICE, "seq")

@@ -5,6 +5,7 @@
 ``run``                   ``run``: an autonomous session, or a resumed one
 ``report``                ``report``, ``replay``: a session read back from Tiled
 ``files``                 ``import``, ``export``: STM image files into Tiled and out
+``console``               ``console``: the web console (live view, gallery, labels, control)
 ``demo``                  ``demo``, ``gallery``: the system shown on the digital twin
 ``train``, ``evaluate``   ``train assessor|agent``, ``eval assessor|agent|session``
 ========================  ===============================================================
@@ -23,7 +24,7 @@ from typing import Any
 
 import typer
 
-from spm_bluesky.commandline import demo, files, report, run, services
+from spm_bluesky.commandline import console, demo, files, report, run, services
 from spm_bluesky.commandline._common import PROG, CommandFailed
 from spm_bluesky.commandline.evaluate import eval_app
 from spm_bluesky.commandline.train import train_app
@@ -40,6 +41,7 @@ run.add_commands(app)
 report.add_commands(app)
 files.add_commands(app)
 demo.add_commands(app)
+console.add_commands(app)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 

@@ -11,7 +11,10 @@ there (:mod:`spm_bluesky.storage.durable`): a Tiled outage delays storage and ne
 session. Before the IOC is touched the journal must open and the disk have room
 (:func:`~spm_bluesky.storage.preflight.check_durable`). Ctrl-C or SIGTERM stops at the next
 checkpoint and closes the open run; a kill leaves it to the next start, which closes it with
-``exit_status="abort"``.
+``exit_status="abort"``. The web console pauses, resumes and stops the session through
+control files in the data directory (:mod:`spm_bluesky.autonomy.control`); each applied
+command is stored as a ``session_control`` run; a stop from there ends the command as
+Ctrl-C does (exit status 130).
 
 In facility mode (``spm-bluesky up --bus``) every document is still journaled first, and then
 published to the broker, the session waiting for its confirm
@@ -78,9 +81,9 @@ def services_up(data_dir: Path) -> bool:
     return state is not None and all(record.alive() for record in state.records().values())
 
 
-def _stop_on_sigterm(request_pause: Callable[..., Any]) -> None:
-    """SIGTERM does what a first Ctrl-C does: pause at the next checkpoint."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: request_pause(defer=True))
+def _stop_on_sigterm(stop: Callable[[], Any]) -> None:
+    """SIGTERM does what a first Ctrl-C does: stop at the next checkpoint."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop())
 
 
 def _check_limits(state: Any, hours: float | None, images: int | None) -> None:
@@ -239,8 +242,7 @@ def _go(RE: Any, document_path: Any, stm: Any, policy: Any, data_dir: Path, resu
         *, hours: float | None, images: int | None, bad_limit: int, unsure_limit: int,
         run_images: int) -> int:
     """Run the session plan, printing its uid first and its counters at the end."""
-    from bluesky.utils import RunEngineInterrupted
-
+    from spm_bluesky.autonomy.control import SessionControl, StopCause, run_plan
     from spm_bluesky.ml.assessor import load_assessor
     from spm_bluesky.plans.autonomous import autonomous_session
 
@@ -253,16 +255,18 @@ def _go(RE: Any, document_path: Any, stm: Any, policy: Any, data_dir: Path, resu
         run_images=run_images, mask_path=str(mask_path), resume_state=resume_state,
         safety=document_path.mark)
     action = "resuming" if resume_state else "session"
-    print(f"{action} {session_uid} (stop: Ctrl-C; resume: spm-bluesky run --resume "
-          f"{session_uid} --data-dir {data_dir} ...)", flush=True)
-    _stop_on_sigterm(RE.request_pause)
-    try:
-        result = RE(plan)
-    except RunEngineInterrupted:
-        RE.stop()
-        print(f"stopped (if the assessor was unsure of {unsure_limit} images in a row: look "
-              f"at the last images with spm-bluesky report); resume with: spm-bluesky run "
-              f"--resume {session_uid} --data-dir {data_dir} ...", flush=True)
+    with SessionControl(data_dir, session_uid, RE, document_path) as control:
+        _stop_on_sigterm(control.terminate)
+        print(f"{action} {session_uid} (pause, resume, stop: spm-bluesky console; stop: "
+              f"Ctrl-C; resume: spm-bluesky run --resume {session_uid} --data-dir {data_dir} "
+              "...)", flush=True)
+        result = run_plan(RE, plan, control)
+    if isinstance(result, StopCause):
+        why = ("stopped from the console" if result == StopCause.REQUESTED else
+               f"stopped (if the assessor was unsure of {unsure_limit} images in a row: look "
+               "at the last images with spm-bluesky report)")
+        print(f"{why}; resume with: spm-bluesky run --resume {session_uid} --data-dir "
+              f"{data_dir} ...", flush=True)
         return 130
     summary = result.plan_result
     print("done: " + " ".join(f"{key}={value:.3f}" if isinstance(value, float)

@@ -61,6 +61,9 @@ def _print_state(state: ServiceState) -> None:
     if state.bus_consumer is not None:
         print(f"  consumer  pid {state.bus_consumer.pid}  Tiled writer on {state.bus_url} "
               f"exchange {state.bus_exchange}  log {state.bus_consumer.log}")
+    if state.console is not None:
+        print(f"  console  pid {state.console.pid}  {state.console.address}  (sign in with "
+              f"the Tiled API key)  log {state.console.log}")
     print(f"  CA clients need: {env} (all EPICS_CA_* settings are in the state file)")
     print(f"  state file: {state.path}")
 
@@ -70,15 +73,25 @@ def _ignored(ctx: typer.Context, options: UpOptions, state: ServiceState) -> lis
     running = {"prefix": state.prefix, "seed": state.seed, "time_scale": state.time_scale,
                "ioc_port": state.ca_port, "tiled_port": urlparse(state.tiled_uri).port,
                "backend": state.backend, "serve_files": state.files_dir, "bus": state.bus_url,
-               "bus_exchange": state.bus_exchange}
+               "bus_exchange": state.bus_exchange, "console": state.console is not None,
+               "console_port": state.console and urlparse(state.console.address).port}
     given = {"prefix": options.prefix, "seed": options.seed, "time_scale": options.time_scale,
              "ioc_port": options.ioc_port, "tiled_port": options.tiled_port,
              "backend": options.backend,
              "serve_files": options.serve_files and str(options.serve_files.resolve()),
              "bus": options.bus and _scrubbed(options.bus),
-             "bus_exchange": options.bus_exchange}
-    return [f"--{name.replace('_', '-')} {value}" for name, value in given.items()
+             "bus_exchange": options.bus_exchange, "console": options.console,
+             "console_port": options.console_port}
+    return [_option_text(name, value) for name, value in given.items()
             if _given(ctx, name) and value != running[name]]
+
+
+def _option_text(name: str, value: object) -> str:
+    """How an option was given: ``--name value``, or ``--console``/``--no-console``."""
+    option = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{option}" if value else f"--no-{option}"
+    return f"--{option} {value}"
 
 
 def _scrubbed(url: str) -> str:
@@ -128,11 +141,18 @@ def up_command(
         None, "--bus-exchange", metavar="NAME", show_default=False,
         help="the broker exchange of this Tiled (default: spm-bluesky.documents); its queue "
              "is NAME.tiled"),
+    console: bool = typer.Option(
+        True, "--console/--no-console",
+        help="also start the web console (127.0.0.1, behind the Tiled API key)"),
+    console_port: int | None = typer.Option(
+        None, parser=port, help="HTTP port of the console (default: a free one)",
+        show_default=False),
 ) -> int:
     """Start the IOC and Tiled in the background (loopback).
 
     With --backend nanonis-sim the Nanonis simulator runs too, with the IOC behind it.
-    With --bus the Tiled consumer of the broker runs too (facility mode).
+    With --bus the Tiled consumer of the broker runs too (facility mode). The web console
+    runs too unless --no-console.
     When they already run in the data directory nothing is started; options that differ
     from what runs are named and the exit status is 1.
     """
@@ -147,12 +167,14 @@ def up_command(
             raise usage_error("--nanonis", f"{nanonis!r} is not HOST:PORT")
     if bus_exchange is not None and bus is None:
         raise usage_error("--bus-exchange", "goes with --bus, and only with it")
+    if console_port is not None and not console:
+        raise usage_error("--console-port", "goes with the console, not with --no-console")
     if serve_files is not None and not serve_files.is_dir():
         raise usage_error("--serve-files", f"{str(serve_files)!r} is not a folder")
     options = UpOptions(data_dir=data_dir, prefix=prefix, seed=seed, time_scale=time_scale,
                         ioc_port=ioc_port, tiled_port=tiled_port, timeout=timeout,
                         backend=backend, nanonis=nanonis, serve_files=serve_files, bus=bus,
-                        bus_exchange=bus_exchange)
+                        bus_exchange=bus_exchange, console=console, console_port=console_port)
     try:
         state, started = up(options)
     except BusUnreachable as err:

@@ -9,14 +9,23 @@ from typing import Any
 
 import typer
 
-from spm_bluesky.commandline._catalog import Catalog, SessionLookupError, resolve_session
+from spm_bluesky.commandline._catalog import (
+    Catalog,
+    CatalogUnavailable,
+    SessionLookupError,
+    open_catalog,
+    resolve_session,
+)
 from spm_bluesky.commandline._common import (
     ApiKeyFile,
+    DataDir,
     existing_file,
     fail,
     non_negative_int,
     positive_int,
+    usage_error,
 )
+from spm_bluesky.commandline.report import TILED_URI_HELP
 from spm_bluesky.ml.agent.card import CARD_EPISODES
 from spm_bluesky.ml.assessor.config import TrainConfig
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
@@ -47,20 +56,55 @@ def train_assessor(
         _DEFAULTS.scale_free, "--scale-free",
         help="the network rescales each window by its own height range (not an absolute "
              "1 A scale); off for the shipped weights"),
-    epochs: int = typer.Option(_DEFAULTS.epochs, parser=positive_int, help="epochs"),
+    epochs: int | None = typer.Option(
+        None, parser=positive_int,
+        show_default=f"{_DEFAULTS.epochs}; with --from-tiled the fine-tune's own",
+        help="epochs"),
     data: Path | None = typer.Option(
         None, help="directory to keep the rendered sets in (.npz shards) and reuse",
         show_default=False),
     workers: int = typer.Option(_DEFAULTS.workers, parser=positive_int,
                                 help="processes rendering twin images"),
+    from_tiled: bool = typer.Option(
+        False, "--from-tiled",
+        help="fine-tune an assessor (--weights) on labelled images stored in Tiled instead "
+             "(labels made in the console, or --labels FILE); needs --out"),
+    weights: Path | None = typer.Option(
+        None, callback=existing_file, show_default=False,
+        help="with --from-tiled: the assessor to fine-tune (default: shipped)"),
+    session: str | None = typer.Option(
+        None, show_default=False,
+        help="with --from-tiled: only this session's labels (its uid or a unique prefix)"),
+    labels: Path | None = typer.Option(
+        None, callback=existing_file, show_default=False,
+        help="with --from-tiled: labels from this JSON or CSV file (run_uid, seq_num, "
+             "label) instead of those stored in Tiled"),
+    max_labels: int | None = typer.Option(
+        None, parser=positive_int, show_default=False,
+        help="with --from-tiled: use at most this many labels (a seeded choice)"),
+    data_dir: Path = DataDir,
+    tiled_uri: str | None = typer.Option(None, help=TILED_URI_HELP, show_default=False),
+    api_key_file: Path | None = ApiKeyFile,
 ) -> int:
-    """Train the CNN tip-quality assessor (rewrites the shipped weights).
+    """Train the CNN tip-quality assessor (rewrites the shipped weights), or fine-tune one.
 
     Render twin images, train, calibrate and evaluate the assessor; write the weights and
-    their model card. The same seed gives the same weights.
+    their model card. The same seed gives the same weights. With --from-tiled, fine-tune
+    from labelled images stored in Tiled and write new weights and their card to --out.
     """
     from spm_bluesky.ml.assessor.training import train
 
+    finetune_only = {"--weights": weights, "--session": session, "--labels": labels,
+                     "--max-labels": max_labels, "--tiled-uri": tiled_uri,
+                     "--api-key-file": api_key_file}
+    if from_tiled:
+        return _finetune_from_tiled(
+            out, weights, seed, epochs, session, labels, max_labels, data_dir, tiled_uri,
+            api_key_file)
+    for option, value in finetune_only.items():
+        if value is not None:
+            raise usage_error(option, "only applies with --from-tiled")
+    epochs = _DEFAULTS.epochs if epochs is None else epochs
     if leave_out is not None and leave_out not in FAMILY_NAMES:
         raise fail(f"--leave-out {leave_out!r} is not a surface family; one of "
                    f"{', '.join(FAMILY_NAMES)}", 2)
@@ -73,6 +117,90 @@ def train_assessor(
     print(f"wrote {result.weights} ({result.model_id}), card {result.card}; "
           f"temperature {result.temperature:.3f}; {result.wall_time_s:.0f} s")
     return 0
+
+
+def _finetune_from_tiled(out: Path, weights: Path | None, seed: int, epochs: int | None,
+                         session: str | None, labels_file: Path | None,
+                         max_labels: int | None, data_dir: Path, tiled_uri: str | None,
+                         api_key_file: Path | None) -> int:
+    """``train assessor --from-tiled``: read the labels and their images, fine-tune, write the
+    weights and card. Every check (catalog, labels, images, classes) comes before writing."""
+    import httpx
+
+    from spm_bluesky.ml.assessor import finetune as ft
+    from spm_bluesky.storage import LabelError, read_labels
+    from spm_bluesky.storage.labels import label_run_uids
+
+    if out.resolve() == WEIGHTS.resolve():
+        raise fail("--from-tiled writes new weights: give --out PATH (the shipped "
+                   "assessor.pt is never overwritten by a fine-tune)", 2)
+    if session and labels_file:
+        raise usage_error("--session", "selects stored labels; not with --labels FILE")
+    try:
+        with open_catalog(data_dir, tiled_uri, api_key_file) as catalog:
+            client = catalog.client
+            uid = resolve_session(catalog, session) if session else None
+            if labels_file is not None:
+                chosen = ft.labels_from_file(labels_file)
+                sessions: tuple[str, ...] = ()
+                runs: tuple[str, ...] = ()
+            else:
+                stored = read_labels(client, uid)
+                chosen = [ft.FrameLabel.of(label) for label in stored]
+                sessions = tuple(sorted({label.session_uid for label in stored}))
+                runs = tuple(label_run_uids(client, uid))
+            given = len(chosen)
+            usable = _choose(ft.usable_labels(chosen), max_labels, seed)
+            if not usable:
+                where = f" for session {uid}" if uid else ""
+                raise ft.FinetuneError(
+                    f"no labels to fine-tune on in {catalog.where}{where}"
+                    + (f" ({given} given, all unclear)" if given else
+                       ": label images in the console, or give --labels FILE"))
+            frames = ft.frames_from_tiled(client, usable)
+            source = ft.LabelSource(tiled_uri or str(client.uri), sessions, runs,
+                                    str(labels_file) if labels_file else None, given)
+    except (CatalogUnavailable, SessionLookupError, LabelError, ft.FinetuneError) as err:
+        raise fail(str(err), 2) from None
+    except (httpx.HTTPError, OSError) as err:
+        raise fail(f"cannot read from Tiled ({tiled_uri or data_dir}): {err}", 2) from None
+    config = ft.FinetuneConfig(seed=seed)
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
+    command = _finetune_command(out, weights, seed, config.epochs, uid, labels_file,
+                                max_labels)
+    try:
+        result = ft.finetune_and_write(weights, frames, config, out, source, command)
+    except ft.FinetuneError as err:
+        raise fail(str(err), 2) from None
+    print(f"fine-tuned on {result.n_train} labelled images, {result.n_held_out} held out")
+    for name, figures in (("before", result.before), ("after", result.after)):
+        print(f"  {name:6s} balanced accuracy {figures.balanced_accuracy:.3f}, AUC "
+              f"{figures.auc:.3f} (held-out: {figures.n_good} good, {figures.n_bad} bad)")
+    print(f"wrote {result.weights} ({result.model_id}), card {result.card}; "
+          f"{result.wall_time_s:.0f} s")
+    return 0
+
+
+def _choose(labels: list[Any], most: int | None, seed: int) -> list[Any]:
+    """At most ``most`` of ``labels`` (a seeded choice, in their order), or all."""
+    if most is None or len(labels) <= most:
+        return labels
+    import numpy as np
+
+    keep = np.random.default_rng([seed, 4141]).choice(len(labels), most, replace=False)
+    return [labels[i] for i in sorted(keep)]
+
+
+def _finetune_command(out: Path, weights: Path | None, seed: int, epochs: int,
+                      session: str | None, labels_file: Path | None,
+                      max_labels: int | None) -> str:
+    """The command line of a fine-tune (for its card; the catalog options are left out)."""
+    parts = ["spm-bluesky train assessor --from-tiled", f"--seed {seed}", f"--epochs {epochs}"]
+    optional = {"--weights": weights, "--session": session, "--labels": labels_file,
+                "--max-labels": max_labels}
+    parts += [f"{option} {value}" for option, value in optional.items() if value is not None]
+    return " ".join([*parts, f"--out {out}"])
 
 
 @train_app.command("unsure")

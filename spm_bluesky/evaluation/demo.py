@@ -111,6 +111,9 @@ def run_demo(options: DemoOptions, stream: TextIO | None = None) -> DemoResult:
     out.write(f"services {'started' if started else 'already up'} in {state.data_dir}: "
               f"IOC {state.prefix} on 127.0.0.1:{state.ca_port}{behind}, "
               f"Tiled {state.tiled_uri}\n")
+    if state.console is not None:
+        out.write(f"watch it live: the console at {state.console.address} (sign in with the "
+                  f"API key in {state.data_dir}/tiled/api_key)\n")
     out.flush()
     try:
         with _sigterm_as_interrupt():

@@ -11,6 +11,9 @@ from spm_bluesky.domain import processing
 from spm_bluesky.twin import Frame, Instrument, TipClass
 from spm_bluesky.twin.tip import add_defect, good_tip
 
+#: The side of every gallery frame (the twin's default frame: 10 nm, 64 px).
+FRAME_SIZE = Frame().size
+
 
 def _tip_with(instrument: Instrument, defect: TipClass, seed: int):
     rng = np.random.default_rng(seed)
@@ -54,25 +57,25 @@ def _spot(instrument: Instrument, molecules: range, start: int = 0) -> Frame:
 
 
 def render_gallery(out: Path, seed: int = 0) -> Path:
-    """Write the gallery PNG and return its path."""
-    import matplotlib
+    """Write the gallery PNG and return its path: each panel with a colour bar (Å) and a
+    scale bar (nm), laid out so no title runs into the row above."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from spm_bluesky.report.figures import draw_heights, png_bytes
+    from spm_bluesky.report.style import TITLE_FONT
 
     panels = gallery_images(seed)
     cols = 5
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows))
-    for ax in axes.ravel():
+    fig = Figure(figsize=(3.2 * cols, 3.1 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
         ax.axis("off")
-    for ax, (title, image) in zip(axes.ravel(), panels, strict=False):
-        ax.imshow(image * 1e10, cmap="afmhot", origin="lower", extent=(0, 10, 0, 10),
-                  vmin=np.quantile(image * 1e10, 0.01), vmax=np.quantile(image * 1e10, 0.995))
-        ax.set_title(title)
-    fig.suptitle(f"spm-bluesky twin, seed {seed}: 10 nm x 10 nm, 64 px, height in A")
-    fig.tight_layout()
+    for ax, (title, image) in zip(axes, panels, strict=False):
+        draw_heights(ax, image, FRAME_SIZE, title=title)
+    fig.suptitle(f"spm-bluesky twin, seed {seed}: one {FRAME_SIZE * 1e9:.0f} nm frame per tip "
+                 "class, then before and after each action (plane-subtracted)",
+                 fontsize=TITLE_FONT)
     out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    out.write_bytes(png_bytes(fig, dpi=110))
     return out

@@ -15,9 +15,12 @@
 
 from spm_bluesky.report.figures import (
     draw_gallery,
+    draw_heights,
+    draw_image,
     draw_maps,
     draw_timeline,
     draw_yield,
+    image_figure,
     overview_figure,
     part_figure,
     png_bytes,
@@ -32,6 +35,7 @@ from spm_bluesky.report.session import (
     StoredImage,
     YieldFigures,
     best_images,
+    verdict_reason,
     yield_figures,
 )
 from spm_bluesky.report.writer import ReportFiles, build_report, write_report
@@ -53,17 +57,21 @@ __all__ = [
     "best_images",
     "build_report",
     "draw_gallery",
+    "draw_heights",
+    "draw_image",
     "draw_maps",
     "draw_timeline",
     "draw_yield",
     "fetch_images",
     "html_page",
+    "image_figure",
     "list_sessions",
     "load_session",
     "overview_figure",
     "part_figure",
     "png_bytes",
     "reassess_session",
+    "verdict_reason",
     "write_report",
     "yield_figures",
 ]

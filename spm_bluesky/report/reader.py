@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -43,18 +43,23 @@ def load_session(client: CatalogOfBlueskyRuns, session_uid: str) -> SessionData:
     Raises :class:`~spm_bluesky.storage.SessionNotFound` (with how to find sessions) if no
     run carries the uid.
     """
-    session = SessionReader(client, session_uid)
-    first, last = session.runs[0], session.runs[-1]
-    reader = _SessionBuilder(SessionData(
-        session_uid, first.metadata, runs=len(session), first_time=_iso(first.time),
+    return build_session(session_uid, SessionReader(client, session_uid).runs)
+
+
+def build_session(session_uid: str, runs: Sequence[StoredRun]) -> SessionData:
+    """The session's data from its runs already read, oldest first (what
+    :func:`load_session` does once it has read them; the console keeps runs it has read)."""
+    first, last = runs[0], runs[-1]
+    builder = _SessionBuilder(SessionData(
+        session_uid, first.metadata, runs=len(runs), first_time=_iso(first.time),
         last_time=_iso(last.time)))
-    for run in session:
-        reader.read(run)
-    data = reader.data
+    for run in runs:
+        builder.read(run)
+    data = builder.data
     start_clock = data.autonomy.get(schema.AUTONOMY_START_CLOCK)
     data.start_clock = float(start_clock) if start_clock is not None else \
-        min(reader.clocks, default=0.0)
-    data.end_clock = max(reader.clocks, default=data.start_clock)
+        min(builder.clocks, default=0.0)
+    data.end_clock = max(builder.clocks, default=data.start_clock)
     return data
 
 
@@ -79,10 +84,9 @@ class _SessionBuilder:
 
     def read(self, run: StoredRun) -> None:
         """Add what one run of the session holds."""
-        if run.plan_name in schema.IMAGE_PLANS:
-            self._images(run)
+        images = self._images(run) if run.plan_name in schema.IMAGE_PLANS else []
         if run.plan_name == schema.CONDITION_TIP:
-            self._episode(run)
+            self._episode(run, images)
         elif run.plan_name in schema.COARSE_PLANS:
             self._coarse(run)
 
@@ -93,8 +97,9 @@ class _SessionBuilder:
     def _crash_count(self, count: int, clock: float) -> None:
         self.data.crashes.extend([clock] * self.crash_counter.reading(count))
 
-    def _images(self, run: StoredRun) -> None:
-        """The images of one run, with their assessment, verdict and true class; faults."""
+    def _images(self, run: StoredRun) -> list[ImageRecord]:
+        """The images of one run, with their assessment, verdict and true class; faults.
+        Returns the run's images."""
         frames = run.frames()
         judged = {a.seq_num: a for a in run.assessments()}
         unsure = {seq_num: float(data.get(schema.ASSESSMENT_UNSURE_SCORE, float("nan")))
@@ -102,8 +107,15 @@ class _SessionBuilder:
         truth = {t.seq_num: t.tip_state for t in run.truths()}
         decided = ({d.seq_num: d for d in run.decisions()}
                    if run.plan_name == schema.AUTONOMOUS_SCAN else {})
+        peak_to_peak = {seq_num: float(data[schema.DECISION_PEAK_TO_PEAK])
+                        for seq_num, data in run.rows(schema.DECISION)
+                        if schema.DECISION_PEAK_TO_PEAK in data} if decided else {}
+        config = dict(run.metadata.get(schema.AUTONOMY) or {})
+        keep_threshold = _optional_float(config.get("keep_threshold"))
+        debris_threshold = _optional_float(config.get("debris_threshold"))
         imported = run.plan_name == schema.IMPORT_FILES
         sources = list(run.metadata.get(schema.SOURCE_PATH) or []) if imported else []
+        records: list[ImageRecord] = []
         for frame in frames:
             decision = decided.get(frame.seq_num)
             assessment = judged.get(frame.seq_num)
@@ -112,17 +124,21 @@ class _SessionBuilder:
             source = (str(sources[frame.seq_num - 1])
                       if 0 < frame.seq_num <= len(sources) else None)
             self.clocks.append(frame.clock)
-            self.data.images.append(ImageRecord(
+            records.append(ImageRecord(
                 run_uid=frame.run_uid, seq_num=frame.seq_num, clock=frame.clock,
                 area=frame.area, x=frame.x, y=frame.y, size=frame.size,
                 p_good=assessment.p_good if assessment is not None else float("nan"),
                 verdict=verdict, truth=truth.get(frame.seq_num),
                 tip_belief=decision.tip_belief if decision is not None else None,
-                source=source, unsure_score=unsure.get(frame.seq_num, float("nan"))))
+                source=source, unsure_score=unsure.get(frame.seq_num, float("nan")),
+                peak_to_peak=peak_to_peak.get(frame.seq_num) if decision else None,
+                keep_threshold=keep_threshold if decision else None,
+                debris_threshold=debris_threshold if decision else None))
             if decision is not None and verdict in DISC_VERDICTS:
                 self.data.discs.append(decision.disc())
                 if verdict == Verdict.CRASH:
                     self._crash_seen(frame.clock)
+        self.data.images.extend(records)
         for fault in run.faults():
             self.clocks.append(fault.clock)
             disc = fault.disc(self.data.images[-1].area if self.data.images else 0)
@@ -130,9 +146,11 @@ class _SessionBuilder:
                 self.data.discs.append(disc)
             if fault.kind == Verdict.CRASH:
                 self._crash_seen(fault.clock)
+        return records
 
-    def _episode(self, run: StoredRun) -> None:
-        """A conditioning episode: its actions, the dips that crashed, its span and outcome."""
+    def _episode(self, run: StoredRun, images: list[ImageRecord]) -> None:
+        """A conditioning episode: its actions, the dips that crashed, its span and outcome,
+        its first and last of ``images`` (the run's)."""
         times = [frame.clock for frame in run.frames()]
         for step in run.steps():
             times.append(step.clock)
@@ -144,7 +162,9 @@ class _SessionBuilder:
             assessments = run.assessments()
             p_last = assessments[-1].p_good if assessments else 0.0
             self.data.episodes.append(ConditioningEpisode(
-                min(times), max(times), p_last > self.data.good_threshold))
+                min(times), max(times), p_last > self.data.good_threshold,
+                before=images[0] if images else None,
+                after=images[-1] if len(images) > 1 else None))
 
     def _coarse(self, run: StoredRun) -> None:
         """An approach, withdrawal or area move: its clock and the crash counter."""
@@ -157,6 +177,11 @@ class _SessionBuilder:
             self.data.area_moves.append(clock)
         for status in statuses:
             self._crash_count(status.crash_count, clock)
+
+
+def _optional_float(value: object) -> float | None:
+    """A recorded number, or None when it was not recorded."""
+    return None if value is None else float(cast(float, value))
 
 
 def _iso(timestamp: float | None) -> str:

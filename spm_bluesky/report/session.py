@@ -9,6 +9,8 @@ joins its frame, assessment, decision and truth. Times are instrument (simulated
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -55,6 +57,14 @@ class ImageRecord:
     source: str | None = None
     #: The assessor's out-of-distribution score (NaN when it has none).
     unsure_score: float = float("nan")
+    #: The height range (m) the loop measured for its verdict (the ``decision`` stream's
+    #: peak to peak); None without a decision (conditioning, imported) or when not stored.
+    peak_to_peak: float | None = None
+    #: The thresholds of the run that decided (its ``autonomy`` configuration): the filtered
+    #: P(tip good) above which an image was kept, the height range (m) over which it was
+    #: debris; None without a decision or a recorded configuration.
+    keep_threshold: float | None = None
+    debris_threshold: float | None = None
 
     @property
     def kept(self) -> bool:
@@ -82,6 +92,10 @@ class ConditioningEpisode:
     start: float
     end: float
     success: bool
+    #: The episode's first image (the tip before any action) and its last (the tip after
+    #: the last action); ``after`` is None when the episode scanned only one image.
+    before: ImageRecord | None = None
+    after: ImageRecord | None = None
 
 
 @dataclass
@@ -166,19 +180,31 @@ class YieldFigures:
     imported_images: int = 0
     #: The unsure scores of the images the loop did not act on (verdict ``unsure``).
     unsure_scores: tuple[float, ...] = ()
+    #: The images rejected, one count per reason, and the images of conditioning episodes
+    #: (no verdict): with the kept, unsure and imported ones they add up to ``images``.
+    bad_images: int = 0
+    debris_images: int = 0
+    crash_images: int = 0
+    lost_contact_images: int = 0
+    conditioning_images: int = 0
 
     def rows(self) -> list[tuple[str, str]]:
-        """(label, value) pairs in the order shown."""
+        """(label, value) pairs in the order shown: every image once under its verdict."""
         rows = [("simulated hours", f"{self.simulated_hours:.2f}"),
                 ("images", str(self.images))]
         if self.imported_images:
             rows.append(("imported images (no verdict)", str(self.imported_images)))
-        rows.append(("good images (kept)", str(self.good_images)))
+        rows += [("good images (kept)", str(self.good_images)),
+                 ("rejected: bad tip (P(tip good) too low)", str(self.bad_images)),
+                 ("rejected: debris (height range too large)", str(self.debris_images)),
+                 ("rejected: crash (flat, retracted)", str(self.crash_images)),
+                 ("rejected: lost contact (flat, extended)", str(self.lost_contact_images))]
         if self.unsure_scores:
             scores = np.asarray(self.unsure_scores)
             rows.append(("unsure images (not acted on)",
                          f"{len(scores)}: scores {np.nanmin(scores):.0f} to "
                          f"{np.nanmax(scores):.0f}, median {np.nanmedian(scores):.0f}"))
+        rows.append(("conditioning images (no verdict)", str(self.conditioning_images)))
         if self.truly_good_images is not None:
             rows.append(("kept with a truly good tip (twin)", str(self.truly_good_images)))
         rows += [("good images per simulated hour", f"{self.good_per_hour:.1f}"),
@@ -194,6 +220,7 @@ def yield_figures(data: SessionData) -> YieldFigures:
     hours = max(data.hours(data.end_clock), 0.0)
     kept = [r for r in data.images if r.kept]
     has_truth = any(r.truth is not None for r in data.images)
+    verdicts = Counter(r.verdict for r in data.images)
     return YieldFigures(
         simulated_hours=hours,
         images=len(data.images),
@@ -207,11 +234,111 @@ def yield_figures(data: SessionData) -> YieldFigures:
         imported_images=sum(r.imported for r in data.images),
         unsure_scores=tuple(r.unsure_score for r in data.images
                             if r.verdict == Verdict.UNSURE),
+        bad_images=verdicts[Verdict.BAD],
+        debris_images=verdicts[Verdict.DEBRIS],
+        crash_images=verdicts[Verdict.CRASH],
+        lost_contact_images=verdicts[Verdict.LOST_CONTACT],
+        conditioning_images=verdicts[CONDITIONING],
     )
 
 
+def session_title(data: SessionData) -> str:
+    """What the session was: its uid, when it started, the twin's seed, its policy and its
+    assessor (each said to be unknown when not recorded)."""
+    models = data.model_ids
+    date = data.first_time.replace("T", " ").replace("+00:00", " UTC") or "date unknown"
+    seed = "not on the twin" if data.twin_seed is None else f"twin seed {data.twin_seed}"
+    policy = models.get(schema.MODEL_POLICY) or data.autonomy.get("policy") or "none recorded"
+    assessor = models.get(schema.MODEL_ASSESSOR) or "none recorded"
+    return (f"Autonomous session {data.session_uid}, {date}, {seed}, "
+            f"policy {policy}, assessor {assessor}")
+
+
+def verdict_reason(record: ImageRecord) -> str:
+    """One line saying why the loop decided what it did for ``record``, from stored data only.
+
+    Kept and bad come from the filtered P(tip good) against the run's keep threshold (the
+    per-image p(good) in sessions recorded before the filter); debris from the height range
+    the loop measured against the debris threshold; crash and lost contact from a flat image
+    at a z limit; unsure from the assessor's out-of-distribution score (its calibrated
+    threshold is not stored, so only the score is given).
+    """
+    verdict = record.verdict
+    if verdict in (Verdict.KEPT, Verdict.BAD):
+        word = "kept" if verdict == Verdict.KEPT else "bad tip"
+        if record.tip_belief is not None:
+            value = f"P(tip good) {record.tip_belief:.2f}"
+        else:
+            value = f"p(good) {record.p_good:.2f}"
+        if record.keep_threshold is None:
+            return f"{word}: {value}"
+        compare = ">" if verdict == Verdict.KEPT else "<="
+        return f"{word}: {value} {compare} {record.keep_threshold:g}"
+    if verdict == Verdict.DEBRIS:
+        if record.peak_to_peak is None:
+            return "debris: height range over the debris threshold (range not stored)"
+        limit = ("" if record.debris_threshold is None
+                 else f" > {record.debris_threshold * 1e9:.2g} nm")
+        return f"debris: height range {record.peak_to_peak * 1e9:.2f} nm{limit}"
+    if verdict == Verdict.CRASH:
+        return "crash: flat image at full retraction"
+    if verdict == Verdict.LOST_CONTACT:
+        return "lost contact: flat image at full extension"
+    if verdict == Verdict.UNSURE:
+        score = ("" if np.isnan(record.unsure_score)
+                 else f", out-of-distribution score {record.unsure_score:.0f}")
+        return f"unsure: the assessor did not know the image{score}; not acted on"
+    if verdict == CONDITIONING:
+        return f"conditioning episode image: p(good) {record.p_good:.2f}, no verdict"
+    if verdict == IMPORTED:
+        return "imported file: no loop decided about it"
+    return verdict
+
+
+#: p(good) is clipped to [P_FLOOR, 1 - P_FLOOR] before its log-odds (about +-16): stored
+#: probabilities round to 1.0 beyond that.
+P_FLOOR = 1e-7
+#: The best images' height range is at most this fraction of the debris threshold: a kept
+#: image can hold a blob just under the threshold, which is no picture of a good tip.
+CLEAN_FRACTION = 0.5
+#: Episodes shown before and after: spread over the session when it has more.
+EPISODES_SHOWN = 6
+
+
+def best_score(record: ImageRecord) -> float:
+    """How sure the assessor was that ``record`` shows a good tip: the log-odds of its p(good),
+    ``log(p / (1 - p))``. p(good) reads 1.00 for most kept images; the log-odds still tells
+    0.999 (6.9) from 0.99999 (11.5)."""
+    p = min(max(record.p_good, P_FLOOR), 1.0 - P_FLOOR)
+    return math.log(p / (1.0 - p))
+
+
+def clean(record: ImageRecord) -> bool:
+    """True unless the image's height range is over :data:`CLEAN_FRACTION` of its run's
+    debris threshold (a blob almost big enough to count as debris), when both are stored."""
+    if record.peak_to_peak is None or record.debris_threshold is None:
+        return True
+    return record.peak_to_peak <= CLEAN_FRACTION * record.debris_threshold
+
+
 def best_images(data: SessionData, count: int = GALLERY_SIZE) -> list[ImageRecord]:
-    """The kept images with the highest p(good) (ties: the earlier first); all images if
-    none was kept."""
-    kept = [r for r in data.images if r.kept] or list(data.images)
-    return sorted(kept, key=lambda r: (-r.p_good, r.clock))[:count]
+    """The ``count`` kept, :func:`clean` images with the highest :func:`best_score` (ties:
+    the earlier), in time order.
+
+    All kept images when none is clean; the images with a p(good) if none was kept.
+    """
+    kept = [r for r in data.images if r.kept]
+    candidates = [r for r in kept if clean(r)] or kept or \
+        [r for r in data.images if not math.isnan(r.p_good)]
+    ranked = sorted(candidates, key=lambda r: (-best_score(r), r.clock))
+    return sorted(ranked[:count], key=lambda r: r.clock)
+
+
+def shown_episodes(data: SessionData,
+                   count: int = EPISODES_SHOWN) -> list[ConditioningEpisode]:
+    """At most ``count`` conditioning episodes, spread evenly over the session, in order."""
+    episodes = data.episodes
+    if len(episodes) <= count:
+        return list(episodes)
+    picks = np.linspace(0, len(episodes) - 1, count).round().astype(int)
+    return [episodes[i] for i in dict.fromkeys(int(i) for i in picks)]

@@ -12,7 +12,9 @@ talks to a real controller. With ``--bus amqp://...`` (facility mode) the Tiled 
 third process, a consumer of the broker's queue (:mod:`spm_bluesky.storage.bus_consumer`);
 the state file records the broker's URL without its password, which stays in
 ``$SPM_BUS_PASSWORD`` or, if it came in the URL, in ``<data dir>/bus.secret`` (mode 0600,
-removed by ``down``).
+removed by ``down``). The web console (``spm-bluesky console``) runs beside Tiled, on
+127.0.0.1, unless ``up --no-console``; it gets Tiled's key through its environment, never
+its command line.
 
 The data directory is ``--data-dir``, else ``$SPM_BLUESKY_HOME``, else ``./spm-data``.
 """
@@ -48,6 +50,9 @@ HOME_ENV = "SPM_BLUESKY_HOME"
 DEFAULT_DATA_DIR = "spm-data"
 STATE_FILE = "services.json"
 IOC_LOG = "ioc.log"
+CONSOLE_LOG = "console.log"
+#: The environment variable the console subprocess reads the Tiled key from.
+CONSOLE_KEY_ENV = "SPM_TILED_API_KEY"
 #: Tiled's own directory inside the data directory (catalog, arrays, api_key, its log).
 TILED_DIR = "tiled"
 LOOPBACK = "127.0.0.1"
@@ -58,6 +63,8 @@ STATE_VERSION = 1
 BACKENDS = ("twin", "nanonis-sim", "nanonis")
 
 _IOC_READY = re.compile(r"\bready\b.*\bport=(\d+)")
+#: The console's ready line (``spm_bluesky.console.READY``) and its URL.
+_CONSOLE_READY = re.compile(r"spm-console ready url=(\S+)")
 
 
 class ServiceError(RuntimeError):
@@ -136,6 +143,8 @@ class ServiceState:
     bus_url: str | None = None
     bus_consumer: ProcessRecord | None = None
     bus_exchange: str | None = None
+    #: The web console (its address is its URL); None with ``up --no-console``.
+    console: ProcessRecord | None = None
 
     @property
     def path(self) -> Path:
@@ -149,6 +158,8 @@ class ServiceState:
             records["nanonis-sim"] = self.nanonis_sim
         if self.bus_consumer is not None:
             records["consumer"] = self.bus_consumer
+        if self.console is not None:
+            records["console"] = self.console
         return records
 
     def write(self) -> Path:
@@ -178,7 +189,7 @@ class ServiceState:
                                f"{STATE_VERSION}: stop its services by PID and delete it")
         raw["ioc"] = ProcessRecord(**raw["ioc"])
         raw["tiled"] = ProcessRecord(**raw["tiled"])
-        for name in ("nanonis_sim", "bus_consumer"):
+        for name in ("nanonis_sim", "bus_consumer", "console"):
             if raw.get(name):
                 raw[name] = ProcessRecord(**raw[name])
         for name in ("ioc_args", "sim_ports"):
@@ -208,6 +219,9 @@ class UpOptions:
     bus: str | None = None
     #: The exchange documents go to (``--bus-exchange``); None: the default one.
     bus_exchange: str | None = None
+    #: Start the web console too, on ``console_port`` (None: a free one).
+    console: bool = True
+    console_port: int | None = None
 
 
 @contextlib.contextmanager
@@ -334,6 +348,72 @@ class IocLaunch:
                 _stop(psutil.Process(self.process.pid))
 
 
+@dataclass
+class ConsoleLaunch:
+    """The web console process just started (``spm-bluesky console``) and where its log
+    output begins. Tiled's key goes to it in its environment, never on its command line."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    offset: int
+
+    @classmethod
+    def start(cls, tiled_uri: str, api_key: str, port: int, data_dir: Path) -> ConsoleLaunch:
+        """Start the console detached (own session) on 127.0.0.1:``port`` (0: a free one),
+        appending to ``<data_dir>/console.log``."""
+        log_path = data_dir / CONSOLE_LOG
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        command = [sys.executable, "-m", "spm_bluesky", "console", "--data-dir", str(data_dir),
+                   "--tiled-uri", tiled_uri, "--host", LOOPBACK,
+                   *(["--port", str(port)] if port else [])]
+        environment = {key: value for key, value in os.environ.items()
+                       if key not in ("SPM_TILED_API_KEY", "TILED_API_KEY")}
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=data_dir, start_new_session=True,
+                env={**environment, CONSOLE_KEY_ENV: api_key, "PYTHONUNBUFFERED": "1",
+                     "MPLBACKEND": "Agg"})
+        return cls(process, log_path, offset)
+
+    def wait_ready(self, timeout: float) -> str:
+        """The console's URL once it listens; ServiceError with its log tail if it does not."""
+        from spm_bluesky.storage.server import read_tail
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = read_tail(self.log_path, 100_000, self.offset)
+            if self.process.poll() is not None:
+                raise ServiceError(
+                    f"the console did not start: it exited with status "
+                    f"{self.process.returncode}. End of its log ({self.log_path}):\n"
+                    f"{text[-3000:]}")
+            if found := _CONSOLE_READY.search(text):
+                return found.group(1)
+            time.sleep(0.1)
+        raise ServiceError(f"the console printed no ready line within {timeout:g} s. End of "
+                           f"its log ({self.log_path}):\n"
+                           f"{read_tail(self.log_path, 3000, self.offset)}")
+
+    def stop(self) -> None:
+        """Stop the console (and reap it)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                _stop(psutil.Process(self.process.pid))
+
+
+def _start_console(tiled_uri: str, api_key: str, port: int, data_dir: Path,
+                   timeout: float) -> tuple[ConsoleLaunch, ProcessRecord]:
+    """Start the console and wait until it listens; the launch and its record."""
+    console = ConsoleLaunch.start(tiled_uri, api_key, port, data_dir)
+    try:
+        url = console.wait_ready(timeout)
+    except BaseException:
+        console.stop()
+        raise
+    return console, ProcessRecord.of(console.process.pid, url, console.log_path)
+
+
 #: Tries at starting the IOC on ports chosen here, when one turns out to be taken.
 PORT_ATTEMPTS = 3
 ADDRESS_IN_USE = "Address already in use"
@@ -375,12 +455,15 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
         check_port_free(options.ioc_port, "the IOC", "--ioc-port", udp=True)
     if options.tiled_port is not None:
         check_port_free(options.tiled_port, "Tiled", "--tiled-port")
+    if options.console and options.console_port is not None:
+        check_port_free(options.console_port, "the console", "--console-port")
     ca_port, repeater_port, epics_env = _ca_ports(options.ioc_port)
 
     sim, sim_ports, backend_args = _start_backend(options, ca_port, repeater_port)
     ioc = IocLaunch.start(options.prefix, options.seed, ca_port, data_dir / IOC_LOG, epics_env,
                           options.time_scale, backend_args)  # starts while Tiled starts
     consumer: ConsumerLaunch | None = None
+    console: ConsoleLaunch | None = None
     try:
         from spm_bluesky.storage.server import TiledConfig, TiledServerError, start_server
 
@@ -412,6 +495,11 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
                                       backend_args)
             consumer = None if bus is None else _start_consumer(
                 data_dir, tiled.uri, tiled.api_key, bus, exchange, options.timeout)
+            console_record = None
+            if options.console:
+                console, console_record = _start_console(
+                    tiled.uri, tiled.api_key, options.console_port or 0, data_dir,
+                    options.timeout)
             state = ServiceState(
                 data_dir=str(data_dir), prefix=options.prefix, seed=options.seed,
                 sim=options.backend != "nanonis",
@@ -429,6 +517,7 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
                 bus_exchange=None if bus is None else exchange,
                 bus_consumer=None if consumer is None or bus is None else ProcessRecord.of(
                     consumer.process.pid, bus.url, consumer.log_path),
+                console=console_record,
             )
             state.write()
             if bus is not None:
@@ -436,6 +525,8 @@ def up(options: UpOptions) -> tuple[ServiceState, bool]:
 
                 save_secret(data_dir, bus)
         except BaseException:
+            if console is not None:
+                console.stop()
             if consumer is not None:
                 consumer.stop()
             tiled.stop()
@@ -523,9 +614,9 @@ def restart_down(previous: ServiceState, timeout: float = 60.0, *, bus: str | No
     The IOC comes back on its CA port with the same prefix, seed and ``EPICS_CA_*``
     settings (a fresh twin); Tiled on its port with the same API key and data; the Tiled
     consumer on the recorded broker (with the password of ``bus``, the URL given to this
-    ``up``, when it names the same broker). What still runs is left alone, so a running
-    session sees a delay, not new addresses. Raises ServiceError if a recorded port is
-    taken meanwhile; then nothing started here runs.
+    ``up``, when it names the same broker); the console on its port. What still runs is
+    left alone, so a running session sees a delay, not new addresses. Raises ServiceError
+    if a recorded port is taken meanwhile; then nothing started here runs.
     """
     from spm_bluesky.storage.server import TiledConfig, TiledServerError, start_server
 
@@ -577,12 +668,21 @@ def restart_down(previous: ServiceState, timeout: float = 60.0, *, bus: str | No
             consumer_record = ProcessRecord.of(consumer.process.pid, previous.bus_url,
                                                consumer.log_path)
             save_secret(data_dir, address)
+        console_record = previous.console
+        if console_record is not None and not console_record.alive():
+            port = urlparse(console_record.address).port or 0
+            if taken := _port_taken(port):
+                raise ServiceError(f"cannot restart the console on its port: {taken}; "
+                                   "`spm-bluesky down` and `up` start on new ports")
+            console, console_record = _start_console(previous.tiled_uri, previous.api_key,
+                                                     port, data_dir, timeout)
+            started.append(console)
     except BaseException:
         for service in started:
             service.stop()
         raise
     state = replace(previous, ioc=ioc_record, tiled=tiled_record, nanonis_sim=sim_record,
-                    bus_consumer=consumer_record)
+                    bus_consumer=consumer_record, console=console_record)
     state.write()
     return state
 
@@ -679,7 +779,23 @@ def status(data_dir: Path) -> tuple[ServiceState | None, list[ServiceStatus]]:
             f"Nanonis TCP, truth channel port {state.sim_ports[1]}"))
     if state.bus_consumer is not None and state.bus_url is not None:
         services.append(_consumer_status(state, state.bus_consumer, state.bus_url))
+    if state.console is not None:
+        running = state.console.alive()
+        services.append(ServiceStatus(
+            "console", state.console, running,
+            running and console_answers(state.console.address),
+            "HTTP, web console (sign in with the Tiled API key)"))
     return state, services
+
+
+def console_answers(url: str, timeout: float = 2.0) -> bool:
+    """True if the console at ``url`` serves its sign-in form (which needs no key)."""
+    import httpx
+
+    try:
+        return httpx.get(url.rstrip("/") + "/login", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _consumer_status(state: ServiceState, record: ProcessRecord, url: str) -> ServiceStatus:

@@ -4,6 +4,7 @@
 ``server``        the embedded Tiled server: config file, API key, subprocess, health check
 ``writer``        the TiledWriter subscription and the writer that keeps a backup of failed runs
 ``records``       typed records of stored events (frames, assessments, decisions, steps ...)
+``labels``        a person's labels of stored images (``label_images`` runs)
 ``read``          a session's runs as those records (:class:`SessionReader`), and their documents
 ``journal``       the local journal: every document fsynced before the RunEngine moves on
 ``drain``         fills Tiled from the journal in the background, across outages and restarts
@@ -20,53 +21,103 @@
         print(run.plan_name, [d.verdict for d in run.decisions()])
 """
 
-from spm_bluesky.storage.read import (
-    FeedResult,
-    ImageStack,
-    SessionNotFound,
-    SessionReader,
-    SessionSummary,
-    StoredRun,
-    dedupe_events,
-    feed_documents,
-    list_sessions,
-    read_array_stream,
-    read_image_stream,
-    read_stream_table,
-    runs_by_session,
-    runs_of_plan,
-)
-from spm_bluesky.storage.records import (
-    AssessmentRecord,
-    DecisionRecord,
-    Disc,
-    EventData,
-    FaultRecord,
-    FrameRecord,
-    StatusRecord,
-    StepRecord,
-    TruthRecord,
-)
-from spm_bluesky.storage.server import (
-    TiledConfig,
-    TiledServer,
-    TiledServerError,
-    connect,
-    load_or_create_api_key,
-    port_taken,
-    read_tail,
-    start_server,
-    tiled_answers,
-)
-from spm_bluesky.storage.writer import (
-    WRITER_BATCH_SIZE,
-    WRITER_MAX_ARRAY_SIZE,
-    BackedUpTiledWriter,
-    DocumentCallback,
-    load_backup,
-    make_writer,
-    subscribe_writer,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spm_bluesky.storage.labels import (
+        ImageLabel,
+        LabelClass,
+        LabelError,
+        label_class,
+        read_labels,
+        write_labels,
+    )
+    from spm_bluesky.storage.read import (
+        FeedResult,
+        ImageStack,
+        SessionNotFound,
+        SessionReader,
+        SessionSummary,
+        StoredRun,
+        dedupe_events,
+        feed_documents,
+        list_sessions,
+        read_array_stream,
+        read_image_stream,
+        read_stream_table,
+        runs_by_session,
+        runs_of_plan,
+    )
+    from spm_bluesky.storage.records import (
+        AssessmentRecord,
+        DecisionRecord,
+        Disc,
+        EventData,
+        FaultRecord,
+        FrameRecord,
+        StatusRecord,
+        StepRecord,
+        TruthRecord,
+    )
+    from spm_bluesky.storage.server import (
+        TiledConfig,
+        TiledServer,
+        TiledServerError,
+        connect,
+        load_or_create_api_key,
+        port_taken,
+        read_tail,
+        start_server,
+        tiled_answers,
+    )
+    from spm_bluesky.storage.writer import (
+        WRITER_BATCH_SIZE,
+        WRITER_MAX_ARRAY_SIZE,
+        BackedUpTiledWriter,
+        DocumentCallback,
+        load_backup,
+        make_writer,
+        subscribe_writer,
+    )
+
+#: Each submodule and the public names it gives: a name is imported on first use, so a
+#: command that needs only the server (``status``, ``down``, ``up``) does not load the
+#: Bluesky-Tiled client stack (about 2 CPU seconds per process).
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "labels": (
+        "ImageLabel", "LabelClass", "LabelError", "label_class", "read_labels", "write_labels",
+    ),
+    "read": (
+        "FeedResult", "ImageStack", "SessionNotFound", "SessionReader", "SessionSummary",
+        "StoredRun", "dedupe_events", "feed_documents", "list_sessions", "read_array_stream",
+        "read_image_stream", "read_stream_table", "runs_by_session", "runs_of_plan",
+    ),
+    "records": (
+        "AssessmentRecord", "DecisionRecord", "Disc", "EventData", "FaultRecord", "FrameRecord",
+        "StatusRecord", "StepRecord", "TruthRecord",
+    ),
+    "server": (
+        "TiledConfig", "TiledServer", "TiledServerError", "connect", "load_or_create_api_key",
+        "port_taken", "read_tail", "start_server", "tiled_answers",
+    ),
+    "writer": (
+        "WRITER_BATCH_SIZE", "WRITER_MAX_ARRAY_SIZE", "BackedUpTiledWriter", "DocumentCallback",
+        "load_backup", "make_writer", "subscribe_writer",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that gives ``name`` (PEP 562), and keep the name here."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "WRITER_BATCH_SIZE",
@@ -80,7 +131,10 @@ __all__ = [
     "FaultRecord",
     "FeedResult",
     "FrameRecord",
+    "ImageLabel",
     "ImageStack",
+    "LabelClass",
+    "LabelError",
     "SessionNotFound",
     "SessionReader",
     "SessionSummary",
@@ -94,6 +148,7 @@ __all__ = [
     "connect",
     "dedupe_events",
     "feed_documents",
+    "label_class",
     "list_sessions",
     "load_backup",
     "load_or_create_api_key",
@@ -101,6 +156,7 @@ __all__ = [
     "port_taken",
     "read_array_stream",
     "read_image_stream",
+    "read_labels",
     "read_stream_table",
     "read_tail",
     "runs_by_session",
@@ -108,4 +164,5 @@ __all__ = [
     "start_server",
     "subscribe_writer",
     "tiled_answers",
+    "write_labels",
 ]

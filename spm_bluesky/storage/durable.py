@@ -3,9 +3,11 @@
 :func:`durable_path` opens the data directory's journal (closing runs an earlier process
 left open), starts the drain thread, and gives a :class:`DurablePath`: subscribe it to the
 RunEngine (each document is fsynced to the journal before the RunEngine moves on) and hand
-its :meth:`~DurablePath.mark` to the plans for safety records. On leaving, it waits (up to
-``wait_s``) for Tiled to hold everything journaled; what Tiled has not taken by then stays
-in the journal, and the next session on this data directory sends it. Segments Tiled holds
+its :meth:`~DurablePath.mark` to the plans for safety records. On leaving, it waits for Tiled
+to hold everything journaled for as long as the drain makes progress (a long outage's backlog
+is sent whole, with a progress line every few seconds); once nothing went into Tiled for
+``wait_s`` seconds it gives up, and what Tiled has not taken stays in the journal for the
+next session on this data directory. Segments Tiled holds
 are deleted (:meth:`~spm_bluesky.storage.journal.Journal.prune`).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +29,10 @@ from spm_bluesky.storage.journal import Journal, journal_dir
 
 logger = logging.getLogger(__name__)
 
-#: How long leaving a durable path waits for Tiled to hold everything journaled (s).
+#: How long leaving a durable path waits without any document going into Tiled (s).
 STORE_WAIT_S = 120.0
+#: How often leaving a durable path reports the backlog it is still sending (s).
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(eq=False)  # hashable: the RunEngine keeps its subscribers in a set
@@ -48,6 +53,20 @@ class DurablePath:
         """Wait until Tiled holds everything journaled; False after ``timeout`` seconds."""
         return self.drain.wait_stored(timeout)
 
+    def settle(self, stall_s: float = STORE_WAIT_S,
+               report_every: float = PROGRESS_EVERY_S) -> bool:
+        """Wait until Tiled holds everything journaled, as long as documents keep going in;
+        False once none went in for ``stall_s`` seconds. Logs the progress meanwhile."""
+        sent, progressed_at = self.drain.stats.documents, time.monotonic()
+        while not self.wait_stored(min(report_every, stall_s)):
+            now = time.monotonic()
+            if self.drain.stats.documents != sent:
+                sent, progressed_at = self.drain.stats.documents, now
+                logger.warning("storing the journal into Tiled: %d documents sent so far", sent)
+            elif now - progressed_at >= stall_s:
+                return False
+        return True
+
 
 @contextlib.contextmanager
 def durable_path(data_dir: Path | str, connect: Callable[[], Container], *,
@@ -62,9 +81,9 @@ def durable_path(data_dir: Path | str, connect: Callable[[], Container], *,
         yield path
     finally:
         try:
-            if not path.wait_stored(wait_s):
-                logger.warning("Tiled did not take every journaled document within %g s; "
-                               "the rest stays in %s for the next session", wait_s, directory)
+            if not path.settle(wait_s):
+                logger.warning("Tiled took no journaled document for %g s; the rest stays in "
+                               "%s for the next session", wait_s, directory)
         finally:
             drain.stop()
             journal.close()

@@ -21,12 +21,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
-from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
 from tiled.client import from_uri
+
+if TYPE_CHECKING:
+    from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
 
 API_KEY_FILE = "api_key"
 CONFIG_FILE = "tiled_config.yml"
@@ -404,6 +406,8 @@ def connect_files(uri: str, api_key: str) -> Any:
 
 def connect(uri: str, api_key: str) -> CatalogOfBlueskyRuns:
     """Connect to a Tiled server (or a node on it) that serves a catalog of Bluesky runs."""
+    from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
+
     client = from_uri(uri, api_key=api_key, remember_me=False)
     if not isinstance(client, CatalogOfBlueskyRuns):
         raise TypeError(

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.signal import lfilter, lfilter_zi
 from scipy.special import erf
 
 from spm_bluesky.twin.config import NoiseConfig, TipConfig
@@ -129,6 +128,8 @@ def feedback_response(image: np.ndarray, pixel_time: float, config: NoiseConfig)
     omega = 2 * math.pi * config.feedback_frequency * pixel_time
     if omega > 3.0:  # the loop settles within a pixel: nothing to see
         return image
+    from scipy.signal import lfilter  # here: importing scipy.signal costs ~1 CPU s a process
+
     b, a, zi = _feedback_filter(round(omega, 6), config.feedback_damping)
     out, _ = lfilter(b, a, image, axis=1, zi=zi[None, :] * image[:, :1])
     return out
@@ -140,12 +141,16 @@ def _feedback_filter(omega: float, zeta: float) -> tuple[list[float], list[float
     r = math.exp(-zeta * omega)
     a = [1.0, -2 * r * math.cos(omega * math.sqrt(1 - zeta**2)), r * r]
     b = [sum(a)]
+    from scipy.signal import lfilter_zi  # here: see feedback_response
+
     return b, a, lfilter_zi(b, a)
 
 
 def add_noise(image: np.ndarray, rng: np.random.Generator, config: NoiseConfig,
               scale: float = 1.0) -> np.ndarray:
     """White noise, noise correlated along the fast axis, and per-line offsets."""
+    from scipy.signal import lfilter  # here: see feedback_response
+
     rows, cols = image.shape
     rho = config.fast_axis_correlation
     drive, white = rng.standard_normal((2, rows, cols), dtype=np.float32)

@@ -1,8 +1,9 @@
 """SIGKILL of ``spm-bluesky run`` at random moments in each of the four phases (scanning,
 conditioning, the approach after a crash, a coarse move), each followed by ``run --resume``:
-the code of ``benchmarks/soak_kills.py`` with as many kills as fit in about 150 s, one per
-phase at least. Nothing journaled is lost or stored twice, the rebuilt counters match the
-journal, no resumed leg scans a used disc or a crash zone, and no run is left open."""
+the code of ``benchmarks/soak_kills.py`` with one kill per phase (the benchmark runs 20 and
+more; each kill costs a leg of the session and its resume in CPU, so the suite keeps one per
+phase). Nothing journaled is lost or stored twice, the rebuilt counters match the journal, no
+resumed leg scans a used disc or a crash zone, and no run is left open."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak_kills.py"
-BUDGET_S = 150.0
 
 
 def _soak_module():
@@ -31,10 +31,10 @@ def _soak_module():
 @pytest.mark.timeout(900)
 def test_kills_in_every_phase_lose_nothing_and_resume_safely(tmp_path):
     soak = _soak_module()
-    kills, totals = soak.run_soak(tmp_path / "data", kills=20, seed=3, budget_s=BUDGET_S,
+    kills, totals = soak.run_soak(tmp_path / "data", kills=len(soak.PHASES), seed=3,
                                   final_images=20)
     print(soak.table(kills, totals))
-    assert {kill.phase for kill in kills} == set(soak.PHASES)
+    assert sorted(kill.phase for kill in kills) == sorted(soak.PHASES)
     for kill in kills:
         assert kill.images_before > 0, kill
         assert (kill.lost, kill.duplicated, kill.violations) == (0, 0, 0), kill

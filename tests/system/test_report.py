@@ -31,6 +31,7 @@ from spm_bluesky.report import (
     load_session,
     overview_figure,
     reassess_session,
+    verdict_reason,
     yield_figures,
 )
 from spm_bluesky.storage import connect, feed_documents, runs_by_session
@@ -99,7 +100,8 @@ def stored(session):
 
 def independent_counts(client, uid: str) -> dict[str, int]:
     """Counts from the runs' documents (``feed_documents``), not from the report's table reader."""
-    counts = dict(images=0, kept=0, actions=0, episodes=0, area_moves=0, runs=0)
+    counts = dict(images=0, kept=0, actions=0, episodes=0, area_moves=0, runs=0, bad=0,
+                  debris=0, crash=0, lost_contact=0, unsure=0)
     for run in runs_by_session(client, uid).values():
         counts["runs"] += 1
         plan = run.metadata["start"]["plan_name"]
@@ -113,8 +115,8 @@ def independent_counts(client, uid: str) -> dict[str, int]:
             elif name == "event":
                 stream = streams[doc["descriptor"]]
                 counts["images"] += "stm-scan-image" in doc["data"]
-                counts["kept"] += (stream == "decision"
-                                   and doc["data"]["decision-verdict"] == "kept")
+                if stream == "decision":
+                    counts[doc["data"]["decision-verdict"]] += 1
                 counts["actions"] += stream == "action"
 
         feed_documents(run, count)
@@ -166,10 +168,33 @@ def test_overview_figure_has_every_part(session, stored):
         assert len(panel) == 1
         n = sum(r.area == area for r in data.images)
         assert f"{n} images" in panel[0]
-    assert any(t.startswith("p(good) per image") for t in titles)
+    assert any(t.startswith("What decided kept or bad: the P(tip good), filtered")
+               for t in titles)
     assert "true tip class on the twin" in titles
     assert "yield" in titles
-    assert sum(t.startswith("p(good) ") and "true" in t for t in titles) == len(images)
+    assert sum("log-odds" in t and "true" in t for t in titles) == len(images)
+    title = fig._suptitle.get_text()
+    assert data.session_uid in title and f"twin seed {data.twin_seed}" in title
+    assert f"policy {data.model_ids['policy']}" in title and data.first_time[:10] in title
+
+
+def test_each_episode_has_its_first_and_last_image_and_every_image_a_reason(stored):
+    data, counts = stored
+    assert len(data.episodes) == counts["episodes"]
+    for episode in data.episodes:
+        assert episode.before is not None and episode.before.verdict == "conditioning"
+        assert episode.before.clock == episode.start
+        if episode.after is not None:
+            assert episode.after.run_uid == episode.before.run_uid
+            assert episode.after.seq_num > episode.before.seq_num
+    keep = data.metadata["autonomy"]["keep_threshold"]
+    for record in data.images:
+        reason = verdict_reason(record)
+        if record.kept:
+            assert reason == f"kept: P(tip good) {record.tip_belief:.2f} > {keep:g}"
+        elif record.verdict == "debris":
+            assert record.peak_to_peak > data.metadata["autonomy"]["debris_threshold"]
+            assert reason.startswith("debris: height range")
 
 
 def test_report_files_png_and_self_contained_html(session, stored, tmp_path):
@@ -182,7 +207,7 @@ def test_report_files_png_and_self_contained_html(session, stored, tmp_path):
     for part, title in PART_TITLES.items():
         assert f'<section id="{part}">' in page and title in page
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(embedded) == 3  # map, timeline, gallery
+    assert len(embedded) == 4  # map, timeline, gallery, episodes
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing external
     assert "http://" not in page and "https://" not in page
 
@@ -194,6 +219,8 @@ def test_report_files_png_and_self_contained_html(session, stored, tmp_path):
     assert int(figure("images")) == counts["images"]
     assert int(figure("good_images")) == counts["kept"]
     assert int(figure("conditioning_actions")) == counts["actions"]
+    for verdict in ("bad_tip", "debris", "crash", "lost_contact"):
+        assert int(figure(f"rejected_{verdict}")) == counts[verdict.removesuffix("_tip")]
     assert int(figure("conditioning_episodes")) == counts["episodes"]
     assert int(figure("area_moves")) == counts["area_moves"]
     assert float(figure("good_images_per_simulated_hour")) == pytest.approx(

@@ -90,7 +90,7 @@ def test_up_status_down(data_dir: Path) -> None:
 
     status = spm("status", "--data-dir", data_dir)
     assert status.returncode == 0, status.stdout
-    assert status.stdout.count("running, answering") == 2
+    assert status.stdout.count("running, answering") == 3  # the IOC, Tiled and the console
     assert f"127.0.0.1:{state['ca_port']}" in status.stdout
     assert state["tiled_uri"] in status.stdout
 

@@ -9,8 +9,8 @@ import pytest
 from spm_bluesky.commandline.main import main
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["shell"], ["run"], ["report"], ["replay"],
-            ["import"], ["export"], ["demo"], ["gallery"], ["train"], ["train", "assessor"],
-            ["train", "agent"],
+            ["import"], ["export"], ["demo"], ["console"], ["gallery"], ["train"],
+            ["train", "assessor"], ["train", "agent"],
             ["eval"], ["eval", "assessor"], ["eval", "agent"], ["eval", "session"]]
 
 

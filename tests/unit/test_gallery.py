@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from spm_bluesky.commandline.main import main
-from spm_bluesky.evaluation.gallery import gallery_images
+from spm_bluesky.evaluation.gallery import gallery_images, render_gallery
+from spm_bluesky.report import figures
+from spm_bluesky.report.style import FONT
 from spm_bluesky.twin import TipClass
 
 
@@ -25,3 +30,29 @@ def test_gallery_command_writes_a_png(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 50_000
     assert "gallery.png" in capsys.readouterr().out
+
+
+def test_gallery_panels_have_bars_readable_text_and_titles_clear_of_the_row_above(
+        tmp_path, monkeypatch):
+    drawn: list[Figure] = []
+    real_png_bytes = figures.png_bytes
+
+    def keep(fig: Figure, dpi: int = 100) -> bytes:
+        drawn.append(fig)
+        return real_png_bytes(fig, dpi)
+
+    monkeypatch.setattr(figures, "png_bytes", keep)
+    render_gallery(tmp_path / "gallery.png", seed=0)
+    (fig,) = drawn
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == [title for title, _ in gallery_images(0)]
+    for ax in panels:
+        assert ax.images[0].colorbar is not None
+        assert any(t.get_text() == "2 nm" for t in ax.findobj(Text))
+        title = ax.title.get_window_extent(renderer)
+        assert not any(title.overlaps(other.get_window_extent(renderer))
+                       for other in panels if other is not ax), ax.get_title()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert min(t.get_fontsize() for t in texts) >= FONT

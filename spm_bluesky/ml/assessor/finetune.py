@@ -1,0 +1,453 @@
+"""Fine-tuning the assessor on a person's labels of their own instrument's images.
+
+The shipped assessor learnt from the twin (and synthetic frames); an instrument it never saw
+can look different enough to fool it. A few dozen images labelled by eye adapt it:
+
+- **what is trained**: the last layer only (the five-class head on the network's pooled
+  features), from the base weights, with a pull back towards them (L2-SP: the squared
+  distance to the base head, times :attr:`FinetuneConfig.anchor`). A few dozen frames cannot
+  retrain convolutions (nor estimate batch-norm statistics), and the features are computed
+  once, so fine-tuning takes seconds on a CPU (training every weight took minutes per run
+  on the same machine);
+- **what it sees**: each labelled frame's windows as judged in operation, plus
+  :attr:`FinetuneConfig.views` random windows, zooms, noise and flips of it (the training
+  augmentation, :mod:`~spm_bluesky.ml.assessor.augment`); the classes weighted so that good
+  and bad frames count the same, whatever their numbers;
+- **what is kept aside**: a stratified, seeded part of the labels (:func:`split_held_out`),
+  on which the base and the fine-tuned assessors are both measured for the model card.
+
+``unclear`` labels are never trained on. The temperature stays the base weights' (too few
+labels to fit one), and the unsure calibration is not carried over (it describes the base
+network's features).
+
+:func:`frames_from_tiled` reads the labelled frames from Tiled; ``spm-bluesky train assessor
+--from-tiled`` ties it together (:func:`finetune_and_write`).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import platform
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spm_bluesky import schema
+from spm_bluesky.domain import processing
+from spm_bluesky.ml.assessor.assessor import (
+    MODEL_NAME,
+    TipNetAssessor,
+    inference_copy,
+    load_assessor,
+    serialise,
+    window_outputs,
+)
+from spm_bluesky.ml.assessor.augment import Augmentation, augment_batch
+from spm_bluesky.ml.assessor.model import TipNet
+from spm_bluesky.ml.assessor.real_set import Figures, figures
+from spm_bluesky.ml.card import WEIGHTS, model_id_for, read_card, write_card
+from spm_bluesky.protocols import CLASSES, GOOD
+from spm_bluesky.storage import ImageLabel, LabelClass, label_class, read_image_stream
+from spm_bluesky.storage.read import read_stream_table
+
+
+class FinetuneError(ValueError):
+    """The labels cannot fine-tune an assessor (none, one class only, an image not found);
+    the message says which and nothing was written."""
+
+
+@dataclass(frozen=True)
+class FrameLabel:
+    """A label keyed by the image it names: run uid and ``seq_num`` of its ``primary``
+    event (as stored in Tiled, or as given in a labels file)."""
+
+    run_uid: str
+    seq_num: int
+    label: LabelClass
+
+    @classmethod
+    def of(cls, label: ImageLabel) -> FrameLabel:
+        """The frame a stored label names, and its class."""
+        return cls(label.run_uid, label.seq_num, label.label)
+
+
+@dataclass(frozen=True)
+class LabelledFrame:
+    """One labelled frame to train or test on: heights (m, square), edge (m), class."""
+
+    key: str
+    image: np.ndarray = field(repr=False)
+    scan_size_m: float
+    label: str
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that decides the fine-tuned weights, besides the base weights and labels."""
+
+    seed: int = 0
+    #: Augmented windows of each labelled frame, besides the windows it is judged on.
+    views: int = 16
+    #: Passes over the windows (each one full-batch optimiser step on the last layer).
+    epochs: int = 300
+    learning_rate: float = 1e-2
+    weight_decay: float = 0.0
+    #: Weight of the squared distance to the base weights in the loss (L2-SP).
+    anchor: float = 1e-3
+    #: Share of the labels kept aside for the card's figures (stratified, seeded).
+    held_out_fraction: float = 0.25
+    threads: int = 2
+    augmentation: Augmentation = field(default_factory=Augmentation)
+
+
+def usable_labels(labels: Iterable[FrameLabel]) -> list[FrameLabel]:
+    """The labels with a tip class (``unclear`` ones dropped: never trained on)."""
+    return [label for label in labels if label.label != LabelClass.UNCLEAR]
+
+
+def trainable(frames: Iterable[LabelledFrame]) -> list[LabelledFrame]:
+    """The frames with a tip class (``unclear`` ones dropped)."""
+    return [frame for frame in frames if frame.label in CLASSES]
+
+
+def check_classes(frames: Sequence[LabelledFrame]) -> None:
+    """:class:`FinetuneError` unless there are good and bad frames to learn from."""
+    if not frames:
+        raise FinetuneError("no labelled images to fine-tune on (unclear ones do not count)")
+    good = sum(frame.label == GOOD for frame in frames)
+    if good in (0, len(frames)):
+        only = "good" if good else "bad"
+        raise FinetuneError(f"all {len(frames)} labelled images are {only}: fine-tuning needs "
+                            "good and bad ones (label some of the other kind)")
+
+
+def split_held_out(frames: Sequence[LabelledFrame], fraction: float,
+                   seed: int) -> tuple[list[LabelledFrame], list[LabelledFrame]]:
+    """(train, held out): ``fraction`` of the good and of the bad frames kept aside, chosen
+    by ``seed``; at least one of each kind stays in training, and none is kept aside from a
+    kind with a single frame."""
+    rng = np.random.default_rng([seed, 1717])
+    train: list[LabelledFrame] = []
+    held: list[LabelledFrame] = []
+    for is_good in (True, False):
+        kind = [frame for frame in frames if (frame.label == GOOD) == is_good]
+        order = rng.permutation(len(kind))
+        n_held = min(round(len(kind) * fraction), max(len(kind) - 1, 0))
+        held += [kind[i] for i in order[:n_held]]
+        train += [kind[i] for i in order[n_held:]]
+    return train, held
+
+
+def _class_weights(labels: np.ndarray) -> torch.Tensor:
+    """Per-class loss weights: good and bad examples weigh the same in total."""
+    good = labels == CLASSES.index(GOOD)
+    weights = np.zeros(len(CLASSES))
+    for present in np.unique(labels):
+        kind = good if present == CLASSES.index(GOOD) else ~good
+        weights[present] = 0.5 / max(kind.mean(), 1e-9)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def window_bank(frames: Sequence[LabelledFrame], config: FinetuneConfig
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The network inputs to learn from, ``(n, 64, 64)``, and their classes: every frame's
+    windows as judged in operation, plus :attr:`FinetuneConfig.views` augmented windows."""
+    rng = np.random.default_rng([config.seed, 2929])
+    images = [frame.image for frame in frames]
+    sizes = np.array([frame.scan_size_m for frame in frames])
+    classes = np.array([CLASSES.index(frame.label) for frame in frames])
+    operation = processing.prepare_batch(images, sizes)
+    windows = [*operation]
+    labels = [np.full(len(w), c) for w, c in zip(operation, classes, strict=True)]
+    for _ in range(config.views):
+        windows.append(augment_batch(images, sizes, rng, config.augmentation))
+        labels.append(classes)
+    return np.concatenate(windows), np.concatenate(labels)
+
+
+def finetune(base: TipNet, frames: Sequence[LabelledFrame], config: FinetuneConfig) -> TipNet:
+    """A copy of ``base`` with its last layer fine-tuned on ``frames`` (see the module
+    docstring); ``base`` is left as it was. Deterministic for a seed and torch version."""
+    frames = trainable(frames)
+    check_classes(frames)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(config.threads)
+        return _finetune(base, frames, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _finetune(base: TipNet, frames: Sequence[LabelledFrame], config: FinetuneConfig) -> TipNet:
+    torch.manual_seed(config.seed)
+    windows, labels = window_bank(frames, config)
+    model = copy.deepcopy(base).eval()
+    features = torch.from_numpy(window_outputs(inference_copy(model), windows)[1])
+    targets = torch.from_numpy(labels)
+    head = model.head
+    anchors = [p.detach().clone() for p in head.parameters()]
+    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(labels))
+    optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    for _ in range(config.epochs):
+        loss = loss_fn(head(features), targets)
+        pull = sum(((p - a) ** 2).sum() for p, a in zip(head.parameters(), anchors,
+                                                         strict=True))
+        loss = loss + config.anchor * pull
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def base_network(weights: Path | None = None) -> TipNet:
+    """The network of a weight file (default: the shipped one), to fine-tune from; read with
+    ``torch.load(weights_only=True)``."""
+    source = WEIGHTS if weights is None else weights
+    state = torch.load(io.BytesIO(source.read_bytes()), map_location="cpu", weights_only=True)
+    model = TipNet()
+    model.load_state_dict(state)
+    return model
+
+
+def p_good(assessor: TipNetAssessor, frames: Sequence[LabelledFrame]) -> np.ndarray:
+    """The assessor's p(good) of each frame."""
+    if not frames:
+        return np.zeros(0)
+    return np.array([a.p_good for a in assessor.assess_batch(
+        [frame.image for frame in frames], [frame.scan_size_m for frame in frames])])
+
+
+def good_versus_bad(assessor: TipNetAssessor, frames: Sequence[LabelledFrame]) -> Figures:
+    """Balanced accuracy, AUC and the rest of the real set's figures on ``frames``."""
+    return figures([frame.label for frame in frames], p_good(assessor, frames))
+
+
+# -- labels and frames from Tiled or a file ---------------------------------------------------
+
+
+def labels_from_file(path: Path) -> list[FrameLabel]:
+    """Labels from a JSON list of ``{"run_uid", "seq_num", "label"}`` objects or a CSV file
+    with those columns; :class:`FinetuneError` naming the first bad entry."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise FinetuneError(f"cannot read the labels file {path}: {err.strerror}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise FinetuneError(f"{path} is not JSON: {err}") from None
+        if not isinstance(rows, list):
+            raise FinetuneError(f"{path}: expected a JSON list of labels")
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    labels = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            labels.append(FrameLabel(str(row["run_uid"]), int(row["seq_num"]),
+                                     label_class(str(row["label"]).strip())))
+        except (KeyError, TypeError, ValueError) as err:
+            raise FinetuneError(f"{path}: label {number} ({row!r}): needs run_uid, seq_num "
+                                f"and label ({err})") from None
+    return labels
+
+
+def frames_from_tiled(client: Any, labels: Sequence[FrameLabel]) -> list[LabelledFrame]:
+    """The labelled frames, read from Tiled (each run's images once), in label order;
+    :class:`FinetuneError` if a run or an image a label names is not there."""
+    by_run: dict[str, dict[int, tuple[np.ndarray, float]]] = {}
+    frames = []
+    for label in labels:
+        if label.run_uid not in by_run:
+            by_run[label.run_uid] = _run_frames(client, label.run_uid)
+        frame = by_run[label.run_uid].get(label.seq_num)
+        if frame is None:
+            raise FinetuneError(f"run {label.run_uid} has no image with seq_num "
+                                f"{label.seq_num}")
+        frames.append(LabelledFrame(f"{label.run_uid}/{label.seq_num}", frame[0], frame[1],
+                                    str(label.label)))
+    return frames
+
+
+def _run_frames(client: Any, run_uid: str) -> dict[int, tuple[np.ndarray, float]]:
+    """seq_num -> (image, scan size) of every frame of a stored run."""
+    try:
+        run = client[run_uid]
+    except KeyError:
+        raise FinetuneError(f"no run {run_uid!r} in Tiled") from None
+    table = read_stream_table(run, schema.PRIMARY)
+    if table is None or schema.SCAN_SIZE not in table:
+        raise FinetuneError(f"run {run_uid} holds no images")
+    stack = read_image_stream(run)
+    sizes = table[schema.SCAN_SIZE]
+    return {int(s): (image, float(sizes[int(s)]))
+            for s, image in zip(stack.seq_num, stack.images, strict=True)}
+
+
+# -- the command's whole job -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where the labels came from, for the model card."""
+
+    tiled_uri: str
+    sessions: tuple[str, ...]
+    label_runs: tuple[str, ...]
+    labels_file: str | None = None
+    #: Labels given before any was dropped (unclear, over ``--max-labels``).
+    given: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """The written weights, their id and the figures on the held-out labels."""
+
+    weights: Path
+    card: Path
+    model_id: str
+    before: Figures
+    after: Figures
+    n_train: int
+    n_held_out: int
+    wall_time_s: float
+
+
+def finetune_and_write(base_weights: Path | None, frames: Sequence[LabelledFrame],
+                       config: FinetuneConfig, out: Path, source: LabelSource,
+                       command: str) -> FinetuneResult:
+    """Split, fine-tune, measure before and after on the held-out labels, write the weights
+    and their model card (``<stem>.card.json``, ``<STEM>_CARD.md``) beside ``out``.
+
+    Checks come first: :class:`FinetuneError` before anything is written.
+    """
+    started = time.perf_counter()
+    usable = trainable(frames)
+    check_classes(usable)
+    train_frames, held = split_held_out(usable, config.held_out_fraction, config.seed)
+    check_classes(train_frames)
+    base = load_assessor(base_weights, calibrated=False)
+    model = finetune(base_network(base_weights), train_frames, config)
+    weights = serialise(model)
+    model_id = model_id_for(MODEL_NAME, weights)
+    tuned = TipNetAssessor(model, model_id)
+    before, after = good_versus_bad(base, held), good_versus_bad(tuned, held)
+    wall = time.perf_counter() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(weights)
+    card = _card(base, base_weights, weights, model_id, out, config, source, command,
+                 train_frames, held, before, after, wall)
+    card_path = write_card(card, out, render_markdown)
+    return FinetuneResult(out, card_path, model_id, before, after, len(train_frames),
+                          len(held), wall)
+
+
+def _counts(frames: Sequence[LabelledFrame]) -> dict[str, int]:
+    counted = Counter(frame.label for frame in frames)
+    return {c: counted[c] for c in CLASSES if counted[c]}
+
+
+def _card(base: TipNetAssessor, base_weights: Path | None, weights: bytes, model_id: str,
+          out: Path, config: FinetuneConfig, source: LabelSource, command: str,
+          train_frames: Sequence[LabelledFrame], held: Sequence[LabelledFrame],
+          before: Figures, after: Figures, wall: float) -> dict[str, Any]:
+    try:
+        base_card = read_card(base_weights) if base_weights else read_card()
+    except OSError:
+        base_card = {}
+    return {
+        "name": "tipnet assessor, fine-tuned from labels",
+        "model_id": model_id,
+        "file": out.name,
+        "sha256": hashlib.sha256(weights).hexdigest(),
+        "size_bytes": len(weights),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "classes": list(CLASSES),
+        "base": {"model_id": base.model_id, "file": str(base_weights or "shipped"),
+                 "sha256": base_card.get("sha256")},
+        "data": {
+            "tiled_uri": source.tiled_uri,
+            "sessions": list(source.sessions),
+            "label_runs": list(source.label_runs),
+            "labels_file": source.labels_file,
+            "labels_given": source.given,
+            "train_counts": _counts(train_frames),
+            "held_out_counts": _counts(held),
+            "train_images": [frame.key for frame in train_frames],
+            "held_out_images": [frame.key for frame in held],
+        },
+        "training": {
+            "command": command,
+            "seed": config.seed,
+            "config": asdict(config),
+            "method": "all weights from the base, batch norm frozen, L2-SP pull to the base "
+                      "weights, class-balanced cross-entropy, augmented windows; base "
+                      "temperature kept",
+            "wall_time_s": round(wall, 1),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "held_out": {"before": asdict(before), "after": asdict(after)},
+        "notes": ["The unsure calibration of the base weights is not carried over: these "
+                  "weights abstain from nothing until `spm-bluesky train unsure` calibrates "
+                  "them.",
+                  "Figures on the held-out labels of the same images' source: few images, "
+                  "wide uncertainty."],
+    }
+
+
+def _figure_row(name: str, figures: Figures) -> str:
+    return (f"| {name} | {figures.n_good} | {figures.n_bad} | {figures.balanced_accuracy:.3f} "
+            f"| {figures.auc:.3f} | {figures.mean_p_good_good:.3f} | "
+            f"{figures.mean_p_good_bad:.3f} |")
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """A fine-tuned assessor's card as Markdown: identity, data, command, held-out figures."""
+    data, training, held = card["data"], card["training"], card["held_out"]
+    lines = [
+        f"# Model card: {card['name']} (`{card['model_id']}`)",
+        "",
+        "Generated by `spm-bluesky train assessor --from-tiled`; do not edit.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| file | `{card['file']}` ({card['size_bytes']:,} bytes) |",
+        f"| sha256 | `{card['sha256']}` |",
+        f"| date | {card['date']} |",
+        f"| base | `{card['base']['model_id']}` ({card['base']['file']}) |",
+        f"| Tiled | {data['tiled_uri']} |",
+        f"| sessions | {', '.join(data['sessions']) or '-'} |",
+        f"| label runs | {', '.join(data['label_runs']) or '-'} |",
+        f"| labels file | {data['labels_file'] or '-'} |",
+        f"| trained on | {json.dumps(data['train_counts'])} |",
+        f"| held out | {json.dumps(data['held_out_counts'])} |",
+        "",
+        "## Training",
+        "",
+        f"    {training['command']}",
+        "",
+        f"{training['method']}; seed {training['seed']}; {training['wall_time_s']:.0f} s.",
+        "",
+        "## Held-out labels: good versus bad",
+        "",
+        "| model | good | bad | balanced accuracy | AUC | mean p(good) good | bad |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("before", "after"):
+        lines.append(_figure_row(name, Figures(**held[name])))
+    lines += ["", "## Limitations", ""] + [f"- {note}" for note in card["notes"]]
+    return "\n".join(lines) + "\n"

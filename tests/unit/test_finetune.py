@@ -1,0 +1,101 @@
+"""Fine-tuning pieces without Tiled: the split, the class checks, labels files, and a
+fine-tune that must move the network towards its labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spm_bluesky.ml.assessor.assessor import TipNetAssessor, load_assessor
+from spm_bluesky.ml.assessor.finetune import (
+    FinetuneConfig,
+    FinetuneError,
+    FrameLabel,
+    LabelledFrame,
+    base_network,
+    check_classes,
+    finetune,
+    labels_from_file,
+    p_good,
+    split_held_out,
+    usable_labels,
+)
+from spm_bluesky.storage import LabelClass
+from spm_bluesky.twin import TipClass
+from tests.unit.test_assessor import twin_image
+
+
+def frame(key: str, label: str) -> LabelledFrame:
+    return LabelledFrame(key, np.zeros((8, 8), np.float32), 1e-8, label)
+
+
+def test_split_keeps_both_kinds_on_both_sides_and_follows_the_seed() -> None:
+    frames = [frame(f"g{i}", "good") for i in range(12)] + [
+        frame(f"b{i}", "blunt" if i % 2 else "unstable") for i in range(8)]
+    train, held = split_held_out(frames, 0.25, seed=1)
+    assert sorted(f.key for f in train + held) == sorted(f.key for f in frames)
+    assert sum(f.label == "good" for f in held) == 3 and len(held) == 5
+    assert split_held_out(frames, 0.25, seed=1) == (train, held)
+    assert split_held_out(frames, 0.25, seed=2) != (train, held)
+    # a kind with one frame keeps it for training
+    train, held = split_held_out(frames[:12] + frames[12:13], 0.5, seed=0)
+    assert [f.label for f in train if f.label != "good"] == ["unstable"]
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ([], "no labelled images"),
+    (["good", "good"], "all 2 labelled images are good"),
+    (["blunt", "adsorbate"], "all 2 labelled images are bad"),
+])
+def test_fine_tuning_needs_good_and_bad_frames(labels: list[str], message: str) -> None:
+    with pytest.raises(FinetuneError, match=message):
+        check_classes([frame(str(i), label) for i, label in enumerate(labels)])
+
+
+def test_unclear_labels_are_never_trained_on() -> None:
+    labels = [FrameLabel("r", 1, LabelClass.UNCLEAR), FrameLabel("r", 2, LabelClass.BLUNT)]
+    assert usable_labels(labels) == labels[1:]
+
+
+def test_labels_files_json_and_csv(tmp_path: Path) -> None:
+    json_file = tmp_path / "labels.json"
+    json_file.write_text(json.dumps([{"run_uid": "abc", "seq_num": 2, "label": "blunt"}]))
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("run_uid,seq_num,label\nabc,2,blunt\ndef,5, good\n")
+    assert labels_from_file(json_file) == [FrameLabel("abc", 2, LabelClass.BLUNT)]
+    assert labels_from_file(csv_file) == [FrameLabel("abc", 2, LabelClass.BLUNT),
+                                          FrameLabel("def", 5, LabelClass.GOOD)]
+    bad = tmp_path / "bad.csv"
+    for text, message in [("run_uid,seq_num,label\nabc,two,blunt\n", "label 1"),
+                          ("run_uid,label\nabc,blunt\n", "needs run_uid, seq_num"),
+                          ("run_uid,seq_num,label\nabc,1,sharp\n", "unknown label class")]:
+        bad.write_text(text)
+        with pytest.raises(FinetuneError, match=message):
+            labels_from_file(bad)
+    not_json = tmp_path / "x.json"
+    not_json.write_text("{")
+    with pytest.raises(FinetuneError, match="not JSON"):
+        labels_from_file(not_json)
+
+
+def test_a_fine_tune_moves_the_network_towards_its_labels() -> None:
+    """Twin frames labelled against the truth (good tips called blunt and the reverse):
+    the fine-tuned network must follow the labels, and the base must stay as it was."""
+    good = [twin_image(400 + i, TipClass.GOOD) for i in range(4)]
+    blunt = [twin_image(500 + i, TipClass.BLUNT) for i in range(4)]
+    frames = ([LabelledFrame(f"g{i}", im, 10e-9, "blunt") for i, im in enumerate(good)]
+              + [LabelledFrame(f"b{i}", im, 10e-9, "good") for i, im in enumerate(blunt)])
+    base = load_assessor(calibrated=False)
+    net = base_network()
+    before = p_good(base, frames)
+    tuned = TipNetAssessor(finetune(net, frames, FinetuneConfig(views=4, epochs=200)), "t")
+    after = p_good(tuned, frames)
+    assert before[:4].mean() > 0.5 > before[4:].mean()  # the base agrees with the truth
+    assert after[:4].mean() < before[:4].mean() - 0.3
+    assert after[4:].mean() > before[4:].mean() + 0.3
+    np.testing.assert_allclose(p_good(base, frames), before)
+    np.testing.assert_allclose(p_good(TipNetAssessor(net, "again"), frames), before,
+                               atol=1e-6)
