@@ -27,12 +27,13 @@ def test_up_status_restart_and_down_with_the_nanonis_simulator(tmp_path):
     state, started = up(UpOptions(data_dir=data_dir, seed=4, backend="nanonis-sim"))
     try:
         assert started and state.backend == "nanonis-sim" and state.sim
-        assert set(state.records()) == {"ioc", "tiled", "nanonis-sim"}
+        assert set(state.records()) == {"ioc", "tiled", "nanonis-sim", "console"}
         assert state.sim_ports is not None
         assert "--backend" in state.ioc_args and "--truth" in state.ioc_args
         _, services = status(data_dir)
         assert [(s.name, s.running, s.answering) for s in services] == [
-            ("ioc", True, True), ("tiled", True, True), ("nanonis-sim", True, True)]
+            ("ioc", True, True), ("tiled", True, True), ("nanonis-sim", True, True),
+            ("console", True, True)]
 
         # The IOC is behind the simulator: a frame over CA is a frame of the simulator's twin.
         with environ_set(state.epics_env):
