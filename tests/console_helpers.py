@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import uvicorn
 from event_model import compose_run
@@ -249,6 +250,10 @@ def store_session(client: Any, images: int, *, run_images: int = 50, pixels: int
     return stored
 
 
+#: Seconds an HTTP request of a test may take (the first read of a session, on a loaded machine).
+HTTP_TIMEOUT_S = 60.0
+
+
 @dataclass
 class RunningConsole:
     """A console served in a thread of this process: its URL and configuration."""
@@ -260,6 +265,11 @@ class RunningConsole:
     def headers(self) -> dict[str, str]:
         """The header that carries the key."""
         return {"Authorization": f"Apikey {self.config.api_key}"}
+
+    def http(self, key: bool = True) -> httpx.Client:
+        """A client of the console, with the key in its header unless not."""
+        return httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S,
+                            headers=self.headers() if key else {})
 
 
 @contextlib.contextmanager

@@ -42,6 +42,15 @@ def model_id_for(model_name: str, data: bytes) -> str:
     return f"{model_name}-{hashlib.sha256(data).hexdigest()[:12]}"
 
 
+def weight_file_fields(model_id: str, weights: Path, data: bytes) -> dict[str, Any]:
+    """What every assessor card says of its weight file: id, name, sha256, size, date (UTC)."""
+    from datetime import UTC, datetime
+
+    return {"model_id": model_id, "file": weights.name,
+            "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d")}
+
+
 def write_card(
     card: dict[str, Any],
     weights: Path | str,

@@ -29,17 +29,10 @@ from tests.console_helpers import (
 )
 from tests.session_helpers import clean_env, kill_leftovers, read_state, spm
 
-#: Seconds an HTTP request may take (the first read of a session, on a loaded machine).
-HTTP_TIMEOUT_S = 60.0
-
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(chromium_missing() is not None,
                                  reason=chromium_missing() or "")]
 
-def http(console: Any, key: bool = True) -> httpx.Client:
-    """A client of the console, with the key in its header unless not."""
-    return httpx.Client(base_url=console.url, timeout=HTTP_TIMEOUT_S,
-                        headers=console.headers() if key else {})
 
 
 #: Seconds the session stays paused (no image may be taken meanwhile).
@@ -125,7 +118,7 @@ def test_pause_resume_and_stop_from_the_page(running, console):
     api = f"{console.url}api/sessions/{uid}/control"
 
     def post(body: Any, session_uid: str = uid) -> httpx.Response:
-        return http(console).post(f"api/sessions/{session_uid}/control", json=body)
+        return console.http().post(f"api/sessions/{session_uid}/control", json=body)
 
     with signed_in_page(console.url, console.config.api_key) as page:
         page.goto(f"{console.url}sessions/{uid}/control")
@@ -139,7 +132,7 @@ def test_pause_resume_and_stop_from_the_page(running, console):
                                "'paused'", timeout=60000)
         assert page.is_enabled("#control-resume") and page.is_disabled("#control-pause")
         screenshot(page, "control-paused")
-        paused = http(console).get(api).json()
+        paused = console.http().get(api).json()
         assert paused["state"] == "paused"
         time.sleep(PAUSED_WATCH_S)
         assert process.poll() is None
@@ -156,9 +149,9 @@ def test_pause_resume_and_stop_from_the_page(running, console):
         for response, status, message in refusals:
             assert response.status_code == status, response.text
             assert message in response.text
-        assert http(console, key=False).post(api, json={"command": "stop"}).status_code == 401
+        assert console.http(key=False).post(api, json={"command": "stop"}).status_code == 401
         assert request_files(running["data_dir"]) == before
-        assert http(console).get(api).json()["state"] == "paused"
+        assert console.http().get(api).json()["state"] == "paused"
 
         resumed = time.time()
         page.click("#control-resume")

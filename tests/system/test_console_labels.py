@@ -17,6 +17,7 @@ import pytest
 from spm_bluesky import schema
 from spm_bluesky.storage import SessionReader, connect, read_labels, runs_of_plan
 from tests.console_helpers import (
+    HTTP_TIMEOUT_S,
     chromium_missing,
     console_running,
     screenshot,
@@ -24,17 +25,10 @@ from tests.console_helpers import (
 )
 from tests.session_helpers import kill_leftovers, read_state, spm
 
-#: Seconds an HTTP request may take (the first read of a session, on a loaded machine).
-HTTP_TIMEOUT_S = 60.0
-
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(chromium_missing() is not None,
                                  reason=chromium_missing() or "")]
 
-def http(console: Any, key: bool = True) -> httpx.Client:
-    """A client of the console, with the key in its header unless not."""
-    return httpx.Client(base_url=console.url, timeout=HTTP_TIMEOUT_S,
-                        headers=console.headers() if key else {})
 
 
 IMAGES = 16
@@ -84,7 +78,7 @@ def test_keys_label_five_images_and_the_labels_are_in_tiled(session, console):
     # The console reads a session newest runs first, and lists it whole once it has all.
     deadline = time.monotonic() + HTTP_TIMEOUT_S
     while True:
-        listed = http(console).get(f"api/sessions/{uid}/labels")
+        listed = console.http().get(f"api/sessions/{uid}/labels")
         assert listed.status_code == 200, listed.text
         if listed.json()["complete"] or time.monotonic() > deadline:
             break
@@ -130,7 +124,7 @@ def test_keys_label_five_images_and_the_labels_are_in_tiled(session, console):
         page.wait_for_function("document.getElementById('person').dataset.label !== undefined")
         differ = [image for image, cls in zip(expected, CLASSES, strict=True)
                   if cls != "unclear" and cls != judged[image].label]
-        ordered = http(console).get(f"api/sessions/{uid}/labels?order=disagreements").json()
+        ordered = console.http().get(f"api/sessions/{uid}/labels?order=disagreements").json()
         assert ordered["disagreements"] == len(differ) and ordered["labelled"] == 5
         assert [(i["run_uid"], i["seq_num"]) for i in ordered["items"][:len(differ)]] == differ
         if differ:
@@ -161,7 +155,7 @@ def test_bad_label_requests_are_refused_and_change_nothing(session, console):
     good = {"run_uid": run_uid, "seq_num": seq, "label": "blunt"}
 
     def post(body: Any, session_uid: str = uid) -> httpx.Response:
-        return http(console).post(f"api/sessions/{session_uid}/labels", json=body)
+        return console.http().post(f"api/sessions/{session_uid}/labels", json=body)
 
     refused = [
         (post({"who": "eve", "labels": [good]}, "nosuchsession"), 404, "nosuchsession"),
@@ -180,10 +174,10 @@ def test_bad_label_requests_are_refused_and_change_nothing(session, console):
     for response, status, message in refused:
         assert response.status_code == status, response.text
         assert message in response.json()["detail"], response.json()
-    not_json = http(console).post(f"api/sessions/{uid}/labels", content=b"{",
+    not_json = console.http().post(f"api/sessions/{uid}/labels", content=b"{",
                                   headers={"Content-Type": "application/json"})
     assert not_json.status_code == 400 and "not JSON" in not_json.json()["detail"]
-    without_key = http(console, key=False).post(f"api/sessions/{uid}/labels",
+    without_key = console.http(key=False).post(f"api/sessions/{uid}/labels",
                                                 json={"who": "eve", "labels": [good]})
     assert without_key.status_code == 401
     assert (label_runs(client, uid), read_labels(client, uid)) == before
@@ -194,6 +188,6 @@ def test_bad_label_requests_are_refused_and_change_nothing(session, console):
 
 
 def test_the_page_without_the_key_signs_in_first(console, session):
-    answer = http(console, key=False).get(f"sessions/{session['uid']}/label",
+    answer = console.http(key=False).get(f"sessions/{session['uid']}/label",
                                           headers={"Accept": "text/html"})
     assert answer.status_code == 401 and "API key" in answer.text

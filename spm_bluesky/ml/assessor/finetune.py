@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import io
 import json
 import platform
@@ -36,7 +35,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +55,13 @@ from spm_bluesky.ml.assessor.assessor import (
 from spm_bluesky.ml.assessor.augment import Augmentation, augment_batch
 from spm_bluesky.ml.assessor.model import TipNet
 from spm_bluesky.ml.assessor.real_set import Figures, figures
-from spm_bluesky.ml.card import WEIGHTS, model_id_for, read_card, write_card
+from spm_bluesky.ml.card import (
+    WEIGHTS,
+    model_id_for,
+    read_card,
+    weight_file_fields,
+    write_card,
+)
 from spm_bluesky.protocols import CLASSES, GOOD
 from spm_bluesky.storage import ImageLabel, LabelClass, label_class, read_image_stream
 from spm_bluesky.storage.read import read_stream_table
@@ -370,11 +374,7 @@ def _card(base: TipNetAssessor, base_weights: Path | None, weights: bytes, model
         base_card = {}
     return {
         "name": "tipnet assessor, fine-tuned from labels",
-        "model_id": model_id,
-        "file": out.name,
-        "sha256": hashlib.sha256(weights).hexdigest(),
-        "size_bytes": len(weights),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        **weight_file_fields(model_id, out, weights),
         "classes": list(CLASSES),
         "base": {"model_id": base.model_id, "file": str(base_weights or "shipped"),
                  "sha256": base_card.get("sha256")},

@@ -9,13 +9,11 @@ rewrites the shipped weights bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +37,13 @@ from spm_bluesky.ml.assessor.model import STAGES, TipNet
 from spm_bluesky.ml.assessor.synth import generate as synth
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
 from spm_bluesky.ml.assessor.unsure import UnsureCalibration, calibrate_unsure
-from spm_bluesky.ml.card import WEIGHTS, card_paths, model_id_for, write_card
+from spm_bluesky.ml.card import (
+    WEIGHTS,
+    card_paths,
+    model_id_for,
+    weight_file_fields,
+    write_card,
+)
 from spm_bluesky.protocols import CLASSES
 
 #: Batches smaller than this are skipped (batch norm needs a few samples).
@@ -230,11 +234,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
     wall = time.perf_counter() - started
     card = {
         "name": "tipnet assessor",
-        "model_id": model_id,
-        "file": out.name,
-        "sha256": hashlib.sha256(weights).hexdigest(),
-        "size_bytes": len(weights),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        **weight_file_fields(model_id, out, weights),
         "classes": list(CLASSES),
         "architecture": {"class": "spm_bluesky.ml.assessor.model.TipNet",
                          "stages": [list(stage) for stage in STAGES],
