@@ -298,7 +298,7 @@ class Soak:
         marks = len(self.follower.marks)
         self.pv("Sim:TimeScale", 2 * self.time_scale)
         self.pv("Sim:Fault", "crash")
-        self.wait(lambda: len(self.follower.marks) > marks, timeout=60.0)
+        self.wait(lambda: len(self.follower.marks) > marks, timeout=120.0)
         return lambda: int(self.pv("Status:Contact")) == 0
 
     def kill_in(self, phase: str) -> Kill:

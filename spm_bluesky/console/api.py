@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 
 from starlette.requests import Request
@@ -90,6 +91,8 @@ def session(request: Request) -> Response:
     cached = _session(request)
     data = cached.data
     latest = cached.latest()
+    if latest is not None and cached.live:  # the page asks for it next: draw it meanwhile
+        _cache(request).warm(*_image_job(_cache(request), latest, ImageSize.LARGE))
     figures = cached.figures
     return JSONResponse({
         "uid": data.session_uid, "stamp": cached.stamp.token, "live": cached.live,
@@ -170,12 +173,18 @@ def image(request: Request) -> Response:
         return JSONResponse({"detail": f"session {cached.data.session_uid} has no image "
                                        f"{key[1]} in run {key[0]}"}, status_code=404)
 
+    png = cache.pngs.get(*_image_job(cache, record, size))
+    return Response(png, media_type="image/png", headers=IMMUTABLE)
+
+
+def _image_job(cache: SessionCache, record: ImageRecord, size: ImageSize
+               ) -> tuple[tuple[Any, ...], Callable[[], bytes]]:
+    """The PNG cache's key of an image at ``size``, and how to draw it."""
     def draw() -> bytes:
         ((_, frame),) = cache.frames([record])
         return image_png(record, frame, size)
 
-    png = cache.pngs.get(("image", *key, size, record.verdict, record.p_good), draw)
-    return Response(png, media_type="image/png", headers=IMMUTABLE)
+    return ("image", record.run_uid, record.seq_num, size, record.verdict, record.p_good), draw
 
 
 def _not_found(request: Request, exc: Exception) -> Response:

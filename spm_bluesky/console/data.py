@@ -274,6 +274,18 @@ class SessionCache:
         self._stream_pool = ThreadPoolExecutor(STREAM_READERS,
                                                thread_name_prefix="console-stream")
         self.pngs = PngCache()
+        self._painter = ThreadPoolExecutor(1, thread_name_prefix="console-warm")
+
+    def warm(self, key: Hashable, make: Callable[[], bytes]) -> None:
+        """Draw a PNG into the cache in the background (the live view's newest image, drawn
+        while its page is still reading the session's state)."""
+        def draw() -> None:
+            try:
+                self.pngs.get(key, make)
+            except Exception:  # the request for it draws again and reports
+                logger.debug("drawing %s ahead failed", key, exc_info=True)
+
+        self._painter.submit(draw)
 
     @property
     def client(self) -> Any:
@@ -402,7 +414,7 @@ class SessionCache:
 
     def stamp(self, session_uid: str) -> Stamp:
         """What the session holds now in Tiled (see :class:`Stamp`): one request for the
-        newest run, and while it is open two for its frames. (A verdict lands just after
+        newest run, and while it is open one for its frames. (A verdict lands just after
         its frame: a session whose newest frame has none is read again at the next check
         whatever the stamp says.)"""
         return self._newest(session_uid)[0]
@@ -418,17 +430,20 @@ class SessionCache:
         stopped = last.metadata.get("stop") is not None
         events: tuple[int, ...] = ()
         if not stopped:  # a stopped run holds all it ever will
-            events = (self._events(start["uid"], schema.PRIMARY),)
+            events = (self._frames_stored(start["uid"]),)
         return Stamp(int(start.get(schema.AUTONOMY_RUN, 0)), str(start["uid"]),
                      float(start["time"]), stopped, events), last
 
-    def _events(self, run_uid: str, stream: str) -> int:
-        """Events stored so far in ``stream`` of the run (0 when it has none yet)."""
+    def _frames_stored(self, run_uid: str) -> int:
+        """Frames stored so far in the run (0 when it has none yet): the length of its image
+        array, which its node's structure gives in one request (reading a table costs two,
+        and a dataframe)."""
         try:
-            table = Container.__getitem__(self.client, f"{run_uid}/{stream}/internal")
+            array = Container.__getitem__(self.client,
+                                          f"{run_uid}/{schema.PRIMARY}/{schema.SCAN_IMAGE}")
         except KeyError:
             return 0
-        return len(table.read(columns=["seq_num"]))
+        return int(array.shape[0])
 
     def frames(self, records: Sequence[ImageRecord]) -> list[StoredImage]:
         """The stored frames of ``records`` (heights in m), in the order given: one read of

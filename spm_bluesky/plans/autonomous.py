@@ -178,7 +178,7 @@ class _Session:
         ioc = SuspendBoolLow(ValueWatch(self.link.connected), sleep=RECONNECT_SLEEP,
                              post_plan=self.after_reconnect,
                              tripped_message=f"the IOC ({self.link.pv}) does not answer")
-        # helper C: a checkpoint as the run's last message, so that a suspension tripped as
+        # A checkpoint as the run's last message, so that a suspension tripped as
         # the run ends (before its suspenders are removed) rewinds nothing: otherwise it
         # replays the last image's messages after close_run and ends the session.
         yield from bpp.suspend_wrapper(
@@ -283,25 +283,31 @@ class _Session:
                                     "clock": float(clock), "crash_count": int(crash_count)})
 
     def condition(self) -> MsgGenerator[bool]:
-        """A conditioning episode (``condition_tip``) on the session's mask; True if it
-        ended with a good tip."""
+        """A conditioning episode (``condition_tip``) on the session's mask; True if the
+        session stays in this area: the tip ended good, or the episode stopped because the
+        assessor was unsure of ``unsure_limit`` frames in a row (the session then pauses for
+        a person, and scans on here once resumed)."""
         before = yield from bps.rd(self.stm.scan.frame_counter)
         outcome = yield from condition_tip(
             self.stm, self.policy, self.assessor, size=self.config.size,
             pixels=self.config.pixels, max_actions=self.config.max_actions,
             good_threshold=self.config.good_threshold, session_uid=self.state.session_uid,
             md=self.run_md(Next.CONDITION.value), mask=self.state.mask,
-            safety=self.safety, crash_radius=self.config.crash_radius)  # helper C: crashes
+            safety=self.safety, crash_radius=self.config.crash_radius,
+            unsure_limit=self.config.unsure_limit)
         after = yield from bps.rd(self.stm.scan.frame_counter)
         self.keep_mask()
         self.state.images += max(int(after) - int(before), 0)
         self.state.episodes += 1
         self.state.actions += int(outcome["actions"])
-        self.state.crashes += int(outcome["crashes"])  # helper C: crashes during the episode
+        self.state.crashes += int(outcome["crashes"])
         self.state.consecutive_bad = 0
         self.state.tip_belief = UNKNOWN_TIP
         self.frame.target = self.state.mask.position
         yield from self.read_clock()
+        if outcome["unsure"]:
+            yield from self.pause_for_person()
+            return True
         return bool(outcome["success"])
 
     def move(self, reason: str) -> MsgGenerator[None]:

@@ -4,6 +4,9 @@ Each step: the policy chooses an allowed action for the last image (allowed by t
 free-square rule), the action is applied at the centre of that image's largest empty
 square, its forbidden disc is blocked in the approach-area mask, a fresh spot is scanned
 and assessed. Stops when p(good) exceeds the threshold or after ``max_actions`` actions.
+A frame the assessor is unsure of (``Assessment.unsure``) is recorded and never acted on:
+the next frame is taken elsewhere, and ``unsure_limit`` unsure frames in a row end the
+episode unrepaired with ``unsure`` set in the outcome (the session then pauses for a person).
 If the tip crashed (a dip, or a crash from outside) or lost contact during an action, the
 episode records it and recovers before going on (:func:`~spm_bluesky.plans.stubs.recover_tip`:
 a crash is made durable through ``safety`` and its disc blocked before the tip is withdrawn
@@ -34,7 +37,7 @@ from bluesky.utils import FailedStatus, MsgGenerator
 from ophyd_async.plan_stubs import ensure_connected
 
 from spm_bluesky import schema
-from spm_bluesky.autonomy.rules import Verdict
+from spm_bluesky.autonomy.rules import UNSURE_LIMIT, Verdict
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain import limits, processing
 from spm_bluesky.domain.actions import ACTIONS, action_mask
@@ -81,6 +84,7 @@ def condition_tip(
     mask: AreaMask | None = None,
     safety: SafetyLog | None = None,
     crash_radius: float = CRASH_RADIUS,
+    unsure_limit: int = UNSURE_LIMIT,
 ) -> MsgGenerator[dict[str, Any]]:
     """Run one conditioning episode in a run of its own; see the module docstring.
 
@@ -89,11 +93,13 @@ def condition_tip(
     anything is written, saved after every change) says where the next frames and actions
     may go. ``safety`` makes a crash durable before the instrument acts again;
     ``crash_radius`` (m) is the disc a crash blocks. Returns ``{"uid", "actions",
-    "crashes", "p_good", "success"}`` (actions applied; success: p(good) above the
-    threshold within ``max_actions`` tries).
+    "crashes", "p_good", "success", "unsure_images", "unsure"}`` (actions applied;
+    success: p(good) above the threshold within ``max_actions`` tries; the frames the
+    assessor was unsure of, and whether ``unsure_limit`` of them in a row ended it).
     """
     check_stm(stm)
     check_count("max_actions", max_actions)
+    check_count("unsure_limit", unsure_limit)
     if not 0.0 < crash_radius <= limits.APPROACH_AREA_SIZE:
         raise ValueError(f"crash_radius={crash_radius!r} m must be above 0 and at most the "
                          f"approach area ({limits.APPROACH_AREA_SIZE!r} m)")
@@ -106,7 +112,7 @@ def condition_tip(
     mask = yield from area_mask(stm, mask, mask_file)
     plan_args = {"policy": policy.name, "size": size, "pixels": pixels,
                  "max_actions": max_actions, "good_threshold": good_threshold,
-                 "mask_path": mask_path}
+                 "mask_path": mask_path, "unsure_limit": unsure_limit}
     model_ids = {schema.MODEL_ASSESSOR: assessor.model_id,
                  schema.MODEL_POLICY: policy_model_id(policy)}
     run_md = yield from run_metadata(stm, schema.CONDITION_TIP, plan_args, session_uid,
@@ -116,7 +122,7 @@ def condition_tip(
     faults = TipFaultLog(FaultDevice(), safety, session_uid)
     yield from ensure_connected(judge, step_device, faults.device)
     outcome: dict[str, Any] = {"actions": 0, "crashes": 0, "p_good": float("nan"),
-                               "success": False}
+                               "success": False, "unsure_images": 0, "unsure": False}
     settings = FrameSettings(size, pixels)
 
     def scan_fresh(first: bool) -> MsgGenerator[tuple[np.ndarray, Any] | None]:
@@ -129,6 +135,22 @@ def condition_tip(
         assessment = yield from assess_image(stm, assessor, judge, reading)
         image = np.asarray(reading[stm.scan.image.name]["value"], dtype=np.float64)
         return image, assessment
+
+    def scan_sure(first: bool) -> MsgGenerator[tuple[np.ndarray, Any] | None]:
+        """A fresh frame the assessor is sure of. Frames it is unsure of are recorded (their
+        assessment event says so) and passed over, the next one taken elsewhere. None when
+        no cell is left, or when ``unsure_limit`` frames in a row were unsure."""
+        in_a_row = 0
+        while True:
+            scanned = yield from scan_fresh(first)
+            first = False
+            if scanned is None or not scanned[1].unsure:
+                return scanned
+            outcome["unsure_images"] += 1
+            in_a_row += 1
+            if in_a_row >= unsure_limit:
+                outcome["unsure"] = True
+                return None
 
     def apply(index: int, x: float, y: float) -> MsgGenerator[bool]:
         """Apply the action, then recover from a crash or lost contact; True if applied
@@ -147,7 +169,7 @@ def condition_tip(
     def episode() -> MsgGenerator[None]:
         policy.reset(None)
         history: list[tuple[int, float]] = []
-        scanned = yield from scan_fresh(first=True)
+        scanned = yield from scan_sure(first=True)
         if scanned is None:
             return
         image, assessment = scanned
@@ -170,7 +192,7 @@ def condition_tip(
             yield from bps.checkpoint()
             applied = yield from apply(index, x, y)
             if not applied:  # the tip crashed or lost contact first: a fresh frame
-                scanned = yield from scan_fresh(first=False)
+                scanned = yield from scan_sure(first=False)
                 if scanned is None:
                     break
                 image, assessment = scanned
@@ -191,13 +213,13 @@ def condition_tip(
             yield from bps.trigger_and_read([d, stm.tip, stm.status], name=schema.ACTION)
             yield from block_disc(mask, x, y, action.forbidden_radius, mask_file)
             outcome["actions"] += 1
-            scanned = yield from scan_fresh(first=False)
+            scanned = yield from scan_sure(first=False)
             if scanned is None:
                 break
             image, assessment = scanned
             history.append((index, assessment.p_good))
             outcome["p_good"] = assessment.p_good
-        outcome["success"] = outcome["p_good"] > good_threshold
+        outcome["success"] = not outcome["unsure"] and outcome["p_good"] > good_threshold
         if isinstance(policy, LearningPolicy) and outcome["actions"]:
             free, _ = processing.largest_empty_square(image, size)
             policy.end_episode(observation(processing.prepare(image, size)[0],

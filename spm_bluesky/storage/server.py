@@ -27,6 +27,8 @@ import httpx
 import yaml
 from tiled.client import from_uri
 
+from spm_bluesky.storage.catalog_template import place_empty_catalog
+
 if TYPE_CHECKING:
     from bluesky_tiled_plugins.clients.catalog_of_bluesky_runs import CatalogOfBlueskyRuns
 
@@ -176,7 +178,8 @@ def tiled_service_config(config: TiledConfig, api_key: str) -> dict[str, Any]:
                 str(config.data_dir / ARRAYS_DIR),
                 config.resolved_tabular_uri,
             ],
-            # Initialising costs a tiled subprocess (seconds): skip it for an existing SQLite file.
+            # Initialising costs a tiled subprocess (seconds): skip it for an existing SQLite
+            # file (start_server copies an empty one into a new data directory).
             "init_if_not_exists": not _existing_sqlite(config.resolved_catalog_uri),
             "specs": [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}],
             **({"readable_storage": [str(config.files_dir)], "adapters_by_mimetype": FILE_ADAPTERS}
@@ -310,6 +313,9 @@ def start_server(config: TiledConfig, *, detach: bool = False) -> TiledServer:
     if config.port and (taken := port_taken(config.host, config.port)):
         raise TiledServerError(
             f"cannot start Tiled: {taken}. Choose another port, or port=0 for a free one.")
+    catalog = config.data_dir / CATALOG_FILE
+    if config.catalog_uri is None and not catalog.exists():
+        place_empty_catalog(catalog)
     config_path = write_tiled_config(config, api_key)
     log_path = config.data_dir / LOG_FILE
     offset = log_path.stat().st_size if log_path.exists() else 0

@@ -26,8 +26,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 IMAGES = 20_000
 #: Frames per run: the loop's ``--run-images`` (50 by default) made larger, so the session
-#: stores in minutes; the console reads it run by run all the same.
-RUN_IMAGES = 200
+#: stores in about a minute; the console reads it run by run all the same.
+RUN_IMAGES = 1000
+#: A conditioning episode after every this many scan runs.
+EPISODE_EVERY = 5
 FIRST_PAGE_S = 1.0
 PER_PAGE = 48
 
@@ -35,7 +37,7 @@ PER_PAGE = 48
 @pytest.fixture(scope="module")
 def stored(tiled_server: TiledServer) -> StoredSession:
     session = store_session(connect(tiled_server.uri, tiled_server.api_key), IMAGES,
-                            run_images=RUN_IMAGES)
+                            run_images=RUN_IMAGES, episode_every=EPISODE_EVERY)
     print(f"stored {session.images} images in {session.runs} runs in {session.seconds:.0f} s")
     return session
 

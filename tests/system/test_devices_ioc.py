@@ -31,7 +31,7 @@ DEFAULT_FRAME = Frame()
 
 def pv_value(ioc, name: str):
     """The IOC's value of PV ``name`` read with caproto's client (scalar or array)."""
-    data = ca_read(ioc.pv(name), timeout=5).data
+    data = ca_read(ioc.pv(name), timeout=20).data
     return data[0] if len(data) == 1 else np.asarray(data)
 
 
@@ -39,7 +39,7 @@ def pv_snapshot(ioc, names) -> dict[str, tuple]:
     """Value and timestamp of each PV: a put, even of the same value, moves the timestamp."""
     snapshot = {}
     for name in names:
-        response = ca_read(ioc.pv(name), data_type="time", timeout=5)
+        response = ca_read(ioc.pv(name), data_type="time", timeout=20)
         snapshot[name] = (tuple(np.atleast_1d(response.data).tolist()),
                           response.metadata.timestamp)
     return snapshot

@@ -153,3 +153,52 @@ def test_unsure_images_never_condition_and_a_run_of_them_pauses(start_ioc, tiled
     figures = yield_figures(load_session(rig.client, session))
     assert sorted(figures.unsure_scores) == pytest.approx(sorted(scores))
     assert any(label.startswith("unsure images") for label, _ in figures.rows())
+
+
+def test_an_episode_unsure_of_its_frames_acts_on_none_and_pauses_the_session(start_ioc,
+                                                                            tiled_server):
+    rig = make_rig(start_ioc, tiled_server, seed=5)
+    rig.RE(bps.trigger(rig.stm.sim.degrade, wait=True))
+    docs: list[tuple[str, dict]] = []
+    assessor = ForeignSurface()
+    assessor.foreign = False
+
+    def watch(name: str, doc: dict) -> None:
+        docs.append((name, doc))
+        # The surface turns foreign as the first conditioning episode starts.
+        if name == "start" and doc[schema.PLAN_NAME] == schema.CONDITION_TIP and not any(
+                n == "start" and d[schema.PLAN_NAME] == schema.CONDITION_TIP
+                for n, d in docs[:-1]):
+            assessor.foreign = True
+
+    rig.RE.subscribe(watch)
+    session = f"unsure-episode-{uuid.uuid4().hex[:8]}"
+    # Short episodes: after the resume the tip is still bad, and the session goes on.
+    plan = autonomous_session(rig.stm, assessor, HeuristicPolicy(), images=12,
+                              session_uid=session, bad_limit=BAD_LIMIT,
+                              unsure_limit=UNSURE_LIMIT, run_images=50, max_actions=3)
+    with pytest.raises(RunEngineInterrupted):
+        rig.RE(plan)
+    assert rig.RE.state == "paused"
+    # The episode took UNSURE_LIMIT frames, was unsure of each and acted on none; the
+    # session did not give up on the area either.
+    streams = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    episode_uid = next(d["uid"] for n, d in docs
+                       if n == "start" and d[schema.PLAN_NAME] == schema.CONDITION_TIP)
+    runs = {d["uid"]: d["run_start"] for n, d in docs if n == "descriptor"}
+    in_episode = [streams[d["descriptor"]] for n, d in docs
+                  if n == "event" and runs[d["descriptor"]] == episode_uid]
+    assert in_episode.count(schema.ACTION) == 0
+    judged = [d["data"][schema.ASSESSMENT_UNSURE] for n, d in docs
+              if n == "event" and runs[d["descriptor"]] == episode_uid
+              and streams[d["descriptor"]] == schema.ASSESSMENT]
+    assert judged == [True] * UNSURE_LIMIT
+    assert decisions(docs)[1] == [schema.AUTONOMOUS_SCAN, schema.CONDITION_TIP]
+
+    # Resumed (the surface familiar again), the session scans on in the same area.
+    assessor.foreign = False
+    summary = rig.RE.resume().plan_result
+    assert summary["images"] >= 12
+    plans = decisions(docs)[1]
+    assert plans[2] == schema.AUTONOMOUS_SCAN, plans
+

@@ -2,7 +2,7 @@
 // no build step. Text from the server always goes in through textContent, never as HTML.
 "use strict";
 
-const POLL_MS = 500;          // the live view asks for the session's stamp this often
+const POLL_MS = 250;          // the live view asks for the session's stamp this often
 const FIGURE_EVERY_MS = 10000; // the timeline and map are drawn again at most this often
                                // (drawing them takes the server long: the image first)
 const LIST_EVERY_MS = 5000;   // the sessions list refreshes this often
