@@ -92,7 +92,8 @@ def session(request: Request) -> Response:
     data = cached.data
     latest = cached.latest()
     if latest is not None and cached.live:  # the page asks for it next: draw it meanwhile
-        _cache(request).warm(*_image_job(_cache(request), latest, ImageSize.LARGE))
+        cache = _cache(request)
+        cache.warm(*_image_job(cache, latest, ImageSize.LARGE))
     figures = cached.figures
     return JSONResponse({
         "uid": data.session_uid, "stamp": cached.stamp.token, "live": cached.live,

@@ -13,8 +13,8 @@ from event_model import DocumentNames, compose_run, schema_validators
 from spm_bluesky.storage.writer import EnvelopeCheckingNormalizer
 
 
-def _events(count: int, pixels: int = 64) -> tuple[list[tuple[str, dict]], list[dict]]:
-    """A run's start and descriptor, and ``count`` image events of it."""
+def _events(count: int, pixels: int = 64) -> list[dict]:
+    """``count`` image events of a new run."""
     run = compose_run()
     bundle = run.compose_descriptor(name="primary", data_keys={
         "image": {"source": "test", "dtype": "array", "shape": [pixels, pixels]},
@@ -24,7 +24,7 @@ def _events(count: int, pixels: int = 64) -> tuple[list[tuple[str, dict]], list[
                                          "clock": float(i)},
                                    timestamps={"image": 0.0, "clock": 0.0}, seq_num=i + 1)
               for i in range(count)]
-    return [("start", run.start_doc), ("descriptor", bundle.descriptor_doc)], events
+    return events
 
 
 def _checked(name: DocumentNames, doc: dict) -> list[tuple[str, dict]]:
@@ -39,7 +39,7 @@ def _checked(name: DocumentNames, doc: dict) -> list[tuple[str, dict]]:
     {"seq_num": "one"}, {"uid": None}, {"time": "now"}, {"data": [1, 2]},
     {"timestamps": 5}, {"unexpected": 1}])
 def test_a_broken_event_is_refused_as_the_full_check_refuses_it(broken):
-    _, (event,) = _events(1)
+    (event,) = _events(1)
     bad = {**event, **broken}
     with pytest.raises(jsonschema.ValidationError):
         schema_validators[DocumentNames.event].validate(bad)
@@ -49,7 +49,7 @@ def test_a_broken_event_is_refused_as_the_full_check_refuses_it(broken):
 
 @pytest.mark.parametrize("missing", ["descriptor", "seq_num", "uid", "data", "time"])
 def test_an_event_missing_a_required_key_is_refused(missing):
-    _, (event,) = _events(1)
+    (event,) = _events(1)
     with pytest.raises(jsonschema.ValidationError):
         _checked(DocumentNames.event, {k: v for k, v in event.items() if k != missing})
 
@@ -66,7 +66,7 @@ def _seconds(check, events: list[dict]) -> float:
 
 
 def test_a_good_event_passes_whole_and_costs_a_fraction_of_the_full_check():
-    _, events = _events(40)
+    events = _events(40)
     passed = [doc for event in events for _, doc in _checked(DocumentNames.event, event)]
     assert passed == events  # the same objects, values untouched
     full = _seconds(schema_validators[DocumentNames.event].validate, events)
