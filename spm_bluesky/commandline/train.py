@@ -22,6 +22,7 @@ from spm_bluesky.commandline._common import (
     existing_file,
     fail,
     non_negative_int,
+    positive_float,
     positive_int,
     usage_error,
 )
@@ -56,6 +57,10 @@ def train_assessor(
         _DEFAULTS.scale_free, "--scale-free",
         help="the network rescales each window by its own height range (not an absolute "
              "1 A scale); off for the shipped weights"),
+    good_weight: float = typer.Option(
+        _DEFAULTS.good_weight, parser=positive_float,
+        help="loss weight of the good class: 4 gives good and the four bad classes together "
+             "equal weight, so p(good) = 0.5 means even odds of good against bad"),
     epochs: int | None = typer.Option(
         None, parser=positive_int,
         show_default=f"{_DEFAULTS.epochs}; with --from-tiled the fine-tune's own",
@@ -110,7 +115,7 @@ def train_assessor(
                    f"{', '.join(FAMILY_NAMES)}", 2)
     config = TrainConfig(seed=seed, images=images, epochs=epochs, workers=workers,
                          synth_images=synth_images, scale_free=scale_free,
-                         synth_validation_images=synth_images // 10)
+                         synth_validation_images=synth_images // 10, good_weight=good_weight)
     if leave_out is not None:
         config = replace(config, synth=config.synth.without(leave_out))
     result = train(config, out=out, data_dir=data, progress=True)

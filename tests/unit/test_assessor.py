@@ -11,9 +11,11 @@ import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from bluesky import RunEngine
 from ophyd_async.core import callback_on_mock_put, init_devices, set_mock_value
 
@@ -281,6 +283,27 @@ def test_training_is_reproducible_from_its_seed(tmp_path):
     assert load_assessor(first.weights).model_id == first.model_id
     assert "--synth-images 20" in card["training"]["command"]
     assert card["synthetic_held_out"]["good_versus_bad"]["all"]["n"] == 10
+
+
+def test_the_good_weight_is_in_the_loss_and_the_command():
+    """``--good-weight`` weights the good class's loss (even odds against the four bad
+    classes) and the card's command reproduces it; 1 leaves the command as it was."""
+    from spm_bluesky.ml.assessor.config import TrainConfig
+    from spm_bluesky.ml.assessor.training import command_for, loss_for
+
+    out = Path("/tmp/x/assessor.pt")
+    assert "--good-weight 4" in command_for(TrainConfig(good_weight=4.0), out)
+    assert "--good-weight" not in command_for(TrainConfig(), out)
+    logits = torch.zeros(5, len(CLASSES))
+    labels = torch.arange(len(CLASSES))
+    logits[0, 0] = 3.0  # only the good frame is classified well
+    plain = float(loss_for(TrainConfig())(logits, labels))
+    weighted = float(loss_for(TrainConfig(good_weight=4.0))(logits, labels))
+    # The well-classified good frame holds 4 of 8 weights instead of 1 of 5: lower loss.
+    per_frame = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert plain == pytest.approx(float(per_frame.mean()))
+    assert weighted == pytest.approx(float((4 * per_frame[0] + per_frame[1:].sum()) / 8))
+    assert weighted < plain
 
 
 # -- data sets ---------------------------------------------------------------------------

@@ -240,3 +240,18 @@ def test_state_file_is_json_with_the_time_scale(tmp_path):
     state = state_with_dead_ioc(tmp_path / "data")
     assert json.loads(state.path.read_text())["time_scale"] == 0.0
     assert ServiceState.read(tmp_path / "data") == state
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "--good-weight: '0' is not a positive number"),
+    ("-4", "--good-weight: '-4' is not a positive number"),
+    ("four", "--good-weight: 'four' is not a positive number"),
+])
+def test_train_assessor_checks_the_good_weight_before_training(capsys, tmp_path, value,
+                                                               message):
+    out = tmp_path / "weights" / "assessor.pt"
+    code, _, err = spm(capsys, "train", "assessor", "--good-weight", value, "--out", out)
+    assert code == 2
+    assert_one_line(err)
+    assert message in err
+    assert not out.parent.exists()

@@ -27,6 +27,10 @@ class TrainConfig:
     #: heights relative to it (:class:`~spm_bluesky.ml.assessor.model.InputStage`); off for
     #: the shipped weights, which the default command reproduces bit for bit.
     scale_free: bool = False
+    #: Loss weight of the good class. The classes come in equal numbers, so with 1 the
+    #: prior odds of good against bad are 1 to 4 and an image unlike any seen gets a low
+    #: p(good); 4 evens them (a decision at p(good) 0.5 is then good against bad).
+    good_weight: float = 1.0
     #: Held-out images evaluated for the model card (same set as ``eval assessor --seed 0``).
     eval_images: int = 5_000
     eval_base: int = 0

@@ -97,6 +97,16 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     return best_t, best_nll
 
 
+def loss_for(config: TrainConfig) -> nn.CrossEntropyLoss:
+    """Cross-entropy, with the good class's loss weighted by ``config.good_weight``
+    (unweighted at 1, as the shipped weights were trained, bit for bit)."""
+    if config.good_weight == 1.0:
+        return nn.CrossEntropyLoss()
+    weights = torch.ones(len(CLASSES))
+    weights[CLASSES.index("good")] = config.good_weight
+    return nn.CrossEntropyLoss(weight=weights)
+
+
 def _flatten(*datasets: ds.Dataset) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     parts = [d for d in datasets if len(d)]
     images = [image for d in parts for group in d.groups for image in group.images]
@@ -173,7 +183,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch,
         pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_for(config)
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="training assessor", unit="batch",
                disable=not progress)
     val_accuracy = float("nan")
@@ -323,6 +333,8 @@ def command_for(config: TrainConfig, out: Path) -> str:
         command += f" --synth-images {config.synth_images}"
     if config.scale_free:
         command += " --scale-free"
+    if config.good_weight != 1.0:
+        command += f" --good-weight {config.good_weight:g}"
     left_out = [f for f in FAMILY_NAMES if f not in config.synth.families]
     if left_out:
         command += "".join(f" --leave-out {f}" for f in left_out)

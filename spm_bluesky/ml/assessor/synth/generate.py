@@ -44,11 +44,14 @@ _STREAM = 707
 GENERATOR = "spm_bluesky.ml.assessor.synth"
 #: Changes whenever the same seed and configuration would render a different frame
 #: (cached sets of another version are rendered again).
-VERSION = 2
-#: Families without isolated features: a ghost copy or an adsorbate's contrast change of a
-#: perfect lattice is again a perfect lattice, which no one can label. Frames of those
-#: classes draw another family.
+VERSION = 3
+#: Families without isolated features: a ghost copy of a perfect lattice is again a perfect
+#: lattice, which no one can label. Multi-apex frames draw another family.
 FEATURELESS = ("lattice",)
+#: Families on which an adsorbate's contrast change shows as one: molecules that a good tip
+#: images bright. Pits, depressions and dark rings are what a good tip shows of vacancies,
+#: of some adsorbates (CO on Cu(111)) and of the scatterers of standing waves.
+ADSORBATE_SHOWS = ("molecules", "layer", "porous")
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,10 @@ def render(seed: int, label: int, config: SynthConfig) -> tuple[np.ndarray, Synt
     grid = surfaces.Grid(pixels, region_nm)
     name = CLASSES[label]
     families = config.families
-    if name in ("multi_apex", "adsorbate"):
+    if name == "multi_apex":
         families = tuple(f for f in families if f not in FEATURELESS) or families
+    elif name == "adsorbate":
+        families = tuple(f for f in families if f in ADSORBATE_SHOWS) or families
     family = families[int(rng.integers(len(families)))]
     corrugation = _log_uniform(rng, config.corrugation_log)
     heights = corrugation * surfaces.FAMILIES[family](grid, rng)

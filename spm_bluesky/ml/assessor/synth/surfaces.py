@@ -200,8 +200,8 @@ def terraces(grid: Grid, rng: np.random.Generator) -> np.ndarray:
 
 
 def adatoms(grid: Grid, rng: np.random.Generator) -> np.ndarray:
-    """Adatoms or small adsorbates: round bumps 0.3 to 1 nm, sparse or crowded, on a flat
-    terrace or a weak atomic lattice."""
+    """Adatoms or small adsorbates: round bumps (or depressions) 0.3 to 1 nm, sparse or
+    crowded, on a flat terrace or a weak atomic lattice."""
     size = rng.uniform(0.3, 1.0)
     count = max(1, round(math.exp(rng.uniform(math.log(0.005), math.log(0.15)))
                          * grid.size_nm**2 / size**2))
@@ -211,6 +211,8 @@ def adatoms(grid: Grid, rng: np.random.Generator) -> np.ndarray:
     stamp = np.exp(-(xx**2 + yy**2) / (2 * (size / 2.5) ** 2))
     heights = _stamp(grid, _random_points(grid, rng, count, size), stamp,
                      rng.uniform(0.6, 1.0, count))
+    if rng.random() < 0.3:  # imaged as depressions (CO on Cu(111), some metal tips)
+        heights = -heights
     if rng.random() < 0.4:
         heights += rng.uniform(0.02, 0.15) * _wave_lattice(grid, rng, rng.uniform(0.25, 0.45),
                                                            bool(rng.random() < 0.5))
@@ -243,7 +245,8 @@ def waves(grid: Grid, rng: np.random.Generator) -> np.ndarray:
     for sx, sy in scatterers:
         r = np.hypot(x - sx, y - sy) + 0.3
         heights += np.cos(k2 * r + rng.uniform(0, math.pi)) / np.sqrt(r)
-        heights += 3.0 * np.exp(-(r**2) / (2 * 0.3**2))  # the scatterer itself
+        # The scatterer itself: an adatom (bright) or a vacancy or CO on Cu(111) (dark).
+        heights += 3.0 * rng.choice([-1.0, 1.0]) * np.exp(-(r**2) / (2 * 0.3**2))
     if rng.random() < 0.5:
         phi = rng.uniform(0, 2 * math.pi)
         d = (x - grid.size_nm / 2) * math.cos(phi) + (y - grid.size_nm / 2) * math.sin(phi)

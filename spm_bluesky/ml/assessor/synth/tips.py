@@ -4,8 +4,9 @@
 - multi_apex: one or two ghost apexes 0.3 to 3 nm away, each imaging a shifted copy,
   combined as the highest apex (``max``, what a rigid double tip does) or as a sum;
 - blunt: a broad apex, a Gaussian of 0.4 to 1.5 nm (at least 1.2 px, so it shows);
-- adsorbate: changed contrast: features as depressions, dark halos around bright ones, or
-  round blobs that hide the inner structure;
+- adsorbate: changed contrast: molecules as depressions, or round blobs that hide the
+  inner structure (no dark halos: a good tip shows those around scatterers of standing
+  waves);
 - unstable: tip changes during the scan, applied after the instrument noise (see
   :func:`tip_changes`): single bright or dark lines followed by feedback ringing, partial
   streaks, blocks of shifted or differently imaged lines (the twin's kind), lasting height
@@ -59,15 +60,11 @@ def blunt(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator) -> np.
 
 
 def adsorbate(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator) -> np.ndarray:
-    """Changed contrast: inverted features, dark halos, or structureless round blobs."""
+    """Changed contrast: inverted molecules, or structureless round blobs."""
     sharp = good(heights, pixel_nm, rng)
     base = np.quantile(sharp, 0.3)
-    kind = rng.random()
-    if kind < 0.35:  # molecules and atoms appear as depressions
+    if rng.random() < 0.4:  # molecules appear as depressions
         return base - rng.uniform(0.5, 1.0) * (sharp - base)
-    if kind < 0.7:  # a dark ring around every bright feature
-        wide = _blur(sharp, rng.uniform(0.4, 1.0), pixel_nm)
-        return sharp - rng.uniform(1.0, 2.0) * (wide - base)
     blob = _blur(sharp, rng.uniform(0.25, 0.5), pixel_nm)
     top = np.quantile(blob, 0.99) - base or 1.0
     return base + top * np.clip((blob - base) / top, 0, None) ** rng.uniform(0.3, 0.6)
