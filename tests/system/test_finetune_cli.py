@@ -16,6 +16,7 @@ from bluesky import RunEngine
 from ophyd_async.core import init_devices
 
 from spm_bluesky.autonomy.writer import session_writer
+from spm_bluesky.commandline import main as cli
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.evaluation.twin_pvs import TruthReader
 from spm_bluesky.ml.agent.policies import policy_by_name
@@ -122,7 +123,15 @@ def test_unreachable_tiled_is_exit_2_and_writes_nothing(key_file, tmp_path) -> N
     assert list(tmp_path.iterdir()) == [key_file]
 
 
-def test_bad_labels_are_exit_2_and_write_nothing(tiled_server, key_file, labelled,
+def finetune_here(capsys, tiled_server, key_file: Path, *args: str | Path) -> tuple[int, str]:
+    """The same command in this process (exit status, stderr): a refusal needs no fresh
+    interpreter, and each one spared saves the suite importing torch and Tiled again."""
+    code = cli.main(["train", "assessor", "--from-tiled", "--tiled-uri", tiled_server.uri,
+                     "--api-key-file", str(key_file), *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_bad_labels_are_exit_2_and_write_nothing(capsys, tiled_server, key_file, labelled,
                                                  tmp_path) -> None:
     uid, _ = labelled
     client = connect(tiled_server.uri, tiled_server.api_key)
@@ -141,9 +150,11 @@ def test_bad_labels_are_exit_2_and_write_nothing(tiled_server, key_file, labelle
         (("--labels", unknown), "unknown label class 'sharp'"),
         (("--session", "no-such-session"), "no session 'no-such-session'"),
     ]:
-        result = finetune(tiled_server, key_file, *args, "--out", out)
-        assert result.returncode == 2, (args, result.stdout, result.stderr)
-        assert message in result.stderr, (args, result.stderr)
+        code, err = finetune_here(capsys, tiled_server, key_file, *args, "--out", out)
+        assert code == 2, (args, err)
+        assert message in err and len(err.splitlines()) == 1, (args, err)
         assert not out.exists() and not (tmp_path / "mine.card.json").exists()
+    # One refusal as a real subprocess: the exit status and stderr the shell sees.
     shipped = finetune(tiled_server, key_file, "--session", uid)
     assert shipped.returncode == 2 and "give --out" in shipped.stderr
+    assert "Traceback" not in shipped.stderr
