@@ -26,6 +26,10 @@ pytestmark = pytest.mark.integration
 
 CRASH_RADIUS = 150e-9
 
+#: Seconds a Channel Access write may wait for the IOC's reply: caproto's 2 s ran out while
+#: the suite loaded both cores.
+CA_TIMEOUT_S = 20.0
+
 
 def _leg(run: JournalRun) -> int:
     return int(run.metadata[schema.AUTONOMY]["resumed"])
@@ -72,7 +76,8 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
                         log=tmp_path / "first.log")
         session = session_of(tmp_path / "first.log", first)
         with environ_set(client_ca_env(state.epics_env)):
-            write(state.prefix + "Sim:Degrade", 1, notify=True)  # a worn tip: conditioning
+            # A worn tip: conditioning.
+            write(state.prefix + "Sim:Degrade", 1, notify=True, timeout=CA_TIMEOUT_S)
         _wait_journal(journal, session, first, tmp_path / "first.log", lambda runs: any(
             r.plan_name == schema.CONDITION_TIP and r.steps() and r.stop is None
             for r in runs))
@@ -95,7 +100,7 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
         _wait_journal(journal, session, second, tmp_path / "second.log", lambda runs: sum(
             len(_frames([r])) for r in runs if _leg(r) == 1) >= 10)
         with environ_set(client_ca_env(state.epics_env)):
-            write(state.prefix + "Sim:Fault", "crash", notify=True)
+            write(state.prefix + "Sim:Fault", "crash", notify=True, timeout=CA_TIMEOUT_S)
         deadline = time.monotonic() + 60
         while not read_marks(journal, CRASH_MARK):
             assert second.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
@@ -162,11 +167,12 @@ def test_a_crash_while_an_episode_acts_is_handled_like_any_crash(tmp_path):
         for _ in range(3):
             marked = len(read_marks(journal, CRASH_MARK))
             with environ_set(client_ca_env(state.epics_env)):
-                write(state.prefix + "Sim:Degrade", 1, notify=True)  # a worn tip: conditioning
+                # A worn tip: conditioning.
+                write(state.prefix + "Sim:Degrade", 1, notify=True, timeout=CA_TIMEOUT_S)
                 _wait_journal(journal, session, process, log, lambda runs: any(
                     r.plan_name == schema.CONDITION_TIP and r.steps() and r.stop is None
                     for r in runs))
-                write(state.prefix + "Sim:Fault", "crash", notify=True)
+                write(state.prefix + "Sim:Fault", "crash", notify=True, timeout=CA_TIMEOUT_S)
             _wait_journal(journal, session, process, log, lambda runs, marked=marked:
                           len(read_marks(journal, CRASH_MARK)) > marked)
             mark = read_marks(journal, CRASH_MARK)[marked]
