@@ -35,15 +35,41 @@ def _leg(run: JournalRun) -> int:
     return int(run.metadata[schema.AUTONOMY]["resumed"])
 
 
-def _wait_journal(journal, session, process, log, condition, timeout=180.0) -> list[JournalRun]:
+def _journal_until(journal, session, process, log, condition,
+                   timeout: float) -> list[JournalRun] | None:
+    """The session's journal runs once ``condition`` holds for them; None after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         runs = journal_runs(journal, session)
         if condition(runs):
             return runs
         assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "timed out"
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(0.5)
+
+
+def _wait_journal(journal, session, process, log, condition, timeout=180.0) -> list[JournalRun]:
+    runs = _journal_until(journal, session, process, log, condition, timeout)
+    assert runs is not None, "timed out"
+    return runs
+
+
+def _episode_acting(runs: list[JournalRun]) -> bool:
+    return any(r.plan_name == schema.CONDITION_TIP and r.steps() and r.stop is None
+               for r in runs)
+
+
+def _wear_until_an_episode_acts(prefix: str, journal, session, process, log,
+                                tries: int = 4, each_s: float = 60.0) -> None:
+    """Degrade the tip until a conditioning episode acts. A drawn defect can be one the
+    frames do not show where the session scans (a double tip over bare terrace gives good
+    frames; seen in a suite run: 160 frames kept in 180 s), so the tip is worn again."""
+    for _ in range(tries):
+        write(prefix + "Sim:Degrade", 1, notify=True, timeout=CA_TIMEOUT_S)
+        if _journal_until(journal, session, process, log, _episode_acting, each_s):
+            return
+    pytest.fail(f"no conditioning episode acted after {tries} degraded tips")
 
 
 def _frames(runs: list[JournalRun]) -> list[FrameRecord]:
@@ -76,11 +102,8 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
                         log=tmp_path / "first.log")
         session = session_of(tmp_path / "first.log", first)
         with environ_set(client_ca_env(state.epics_env)):
-            # A worn tip: conditioning.
-            write(state.prefix + "Sim:Degrade", 1, notify=True, timeout=CA_TIMEOUT_S)
-        _wait_journal(journal, session, first, tmp_path / "first.log", lambda runs: any(
-            r.plan_name == schema.CONDITION_TIP and r.steps() and r.stop is None
-            for r in runs))
+            _wear_until_an_episode_acts(state.prefix, journal, session, first,
+                                        tmp_path / "first.log")
         first.send_signal(signal.SIGKILL)
         first.wait(30)
         leg0 = journal_runs(journal, session)
@@ -151,7 +174,7 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_a_crash_while_an_episode_acts_is_handled_like_any_crash(tmp_path):
     data_dir = tmp_path / "data"
     state, _ = up(UpOptions(data_dir=data_dir, seed=53))
@@ -167,11 +190,7 @@ def test_a_crash_while_an_episode_acts_is_handled_like_any_crash(tmp_path):
         for _ in range(3):
             marked = len(read_marks(journal, CRASH_MARK))
             with environ_set(client_ca_env(state.epics_env)):
-                # A worn tip: conditioning.
-                write(state.prefix + "Sim:Degrade", 1, notify=True, timeout=CA_TIMEOUT_S)
-                _wait_journal(journal, session, process, log, lambda runs: any(
-                    r.plan_name == schema.CONDITION_TIP and r.steps() and r.stop is None
-                    for r in runs))
+                _wear_until_an_episode_acts(state.prefix, journal, session, process, log)
                 write(state.prefix + "Sim:Fault", "crash", notify=True, timeout=CA_TIMEOUT_S)
             _wait_journal(journal, session, process, log, lambda runs, marked=marked:
                           len(read_marks(journal, CRASH_MARK)) > marked)
