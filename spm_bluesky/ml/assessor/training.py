@@ -44,7 +44,7 @@ from spm_bluesky.ml.card import (
     weight_file_fields,
     write_card,
 )
-from spm_bluesky.protocols import CLASSES
+from spm_bluesky.protocols import CLASSES, GOOD
 
 #: Batches smaller than this are skipped (batch norm needs a few samples).
 MIN_BATCH = 8
@@ -103,7 +103,7 @@ def loss_for(config: TrainConfig) -> nn.CrossEntropyLoss:
     if config.good_weight == 1.0:
         return nn.CrossEntropyLoss()
     weights = torch.ones(len(CLASSES))
-    weights[CLASSES.index("good")] = config.good_weight
+    weights[CLASSES.index(GOOD)] = config.good_weight
     return nn.CrossEntropyLoss(weight=weights)
 
 
