@@ -1,0 +1,96 @@
+"""The drain says at once that Tiled is away, although the libraries retry for up to 45 s.
+
+Tiled's client and TiledWriter retry a lost request themselves (a forced append retry spanned
+a whole 45 s outage in a suite run, and the session never said Tiled was away). A Tiled
+stand-in that does not answer until released shows the drain's own report: one warning
+after ``stall_warning`` seconds, one when Tiled answers, and every run stored after."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+from event_model import compose_run
+
+from spm_bluesky.storage.drain import Drain
+from spm_bluesky.storage.journal import Journal
+
+STALL_S = 0.3
+
+
+class _SilentTiled:
+    """Holds every run whole (so the drain skips it), but answers only once released."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.asked: list[str] = []
+
+    def include_data_sources(self) -> _SilentTiled:
+        return self
+
+    def __contains__(self, uid: str) -> bool:
+        self.released.wait()
+        self.asked.append(uid)
+        return True
+
+    def __getitem__(self, uid: str) -> Any:
+        return type("Run", (), {"metadata": {"stop": {"uid": uid}}})()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def _wait_for(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_pass_left_waiting_is_reported_once_and_the_answer_too(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    bundle = compose_run(metadata={"session_uid": "s1"})
+    with Journal(tmp_path, sync=False) as journal:
+        journal("start", bundle.start_doc)
+        journal("stop", bundle.compose_stop())
+    tiled = _SilentTiled()
+    caplog.set_level(logging.WARNING, logger="spm_bluesky.storage.drain")
+    drain = Drain(tmp_path, lambda: tiled, stall_warning=STALL_S).start()
+    try:
+        assert _wait_for(lambda: _warnings(caplog), 5 * STALL_S + 2)
+        time.sleep(4 * STALL_S)  # still waiting: no second report
+        (away,) = _warnings(caplog)
+        assert away.startswith(f"Tiled does not take documents (no answer for {STALL_S:g} s)")
+        assert drain.stats.outages == 1 and not tiled.asked
+
+        tiled.released.set()
+        assert drain.wait_stored(10)
+        assert _wait_for(lambda: len(_warnings(caplog)) == 2, 5)
+        assert _warnings(caplog)[1] == "Tiled answers again; sending the journal"
+        assert tiled.asked == [bundle.start_doc["uid"]] and drain.stats.runs_skipped == 1
+    finally:
+        tiled.released.set()
+        drain.stop()
+
+
+def test_a_quick_pass_is_no_outage(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    bundle = compose_run(metadata={"session_uid": "s1"})
+    with Journal(tmp_path, sync=False) as journal:
+        journal("start", bundle.start_doc)
+        journal("stop", bundle.compose_stop())
+    tiled = _SilentTiled()
+    tiled.released.set()
+    caplog.set_level(logging.WARNING, logger="spm_bluesky.storage.drain")
+    drain = Drain(tmp_path, lambda: tiled, stall_warning=STALL_S).start()
+    try:
+        assert drain.wait_stored(10)
+        time.sleep(4 * STALL_S)  # idle polls are passes too: none may count as a stall
+    finally:
+        drain.stop()
+    assert _warnings(caplog) == [] and drain.stats.outages == 0
