@@ -36,10 +36,14 @@ from spm_bluesky.services.launch import data_dir_from
 
 train_app = typer.Typer(no_args_is_help=True, help="Train a model from twin data.")
 _DEFAULTS = TrainConfig()
+#: Options of training from rendered images, which a fine-tune from Tiled has no use for.
+_TRAINING_ONLY = ("images", "synth_images", "leave_out", "scale_free", "good_weight", "data",
+                  "workers")
 
 
 @train_app.command("assessor")
 def train_assessor(
+    ctx: typer.Context,
     out: Path = typer.Option(WEIGHTS, help="weight file to write",
                              show_default="the shipped assessor.pt"),
     seed: int = typer.Option(_DEFAULTS.seed, parser=non_negative_int,
@@ -103,6 +107,13 @@ def train_assessor(
                      "--max-labels": max_labels, "--tiled-uri": tiled_uri,
                      "--api-key-file": api_key_file}
     if from_tiled:
+        for name in _TRAINING_ONLY:
+            # By name: typer carries its own click, whose ParameterSource it does not export.
+            source = ctx.get_parameter_source(name)
+            if source is not None and source.name == "COMMANDLINE":
+                raise usage_error("--" + name.replace("_", "-"),
+                                  "does not apply with --from-tiled: a fine-tune learns from "
+                                  "labelled images in Tiled, not from rendered ones")
         return _finetune_from_tiled(
             out, weights, seed, epochs, session, labels, max_labels, data_dir, tiled_uri,
             api_key_file)

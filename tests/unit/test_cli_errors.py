@@ -255,3 +255,20 @@ def test_train_assessor_checks_the_good_weight_before_training(capsys, tmp_path,
     assert_one_line(err)
     assert message in err
     assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("given", [("--good-weight", "4"), ("--scale-free",),
+                                   ("--images", "20000"), ("--synth-images", "0"),
+                                   ("--leave-out", "layer"), ("--data", "shards"),
+                                   ("--workers", "2")])
+def test_a_fine_tune_refuses_the_options_of_training_from_rendered_images(capsys, tmp_path,
+                                                                          given):
+    """Given on the command line (even at its default value), an option the fine-tune would
+    ignore is refused before Tiled is asked; nothing is written."""
+    out = tmp_path / "weights" / "mine.pt"
+    code, _, err = spm(capsys, "train", "assessor", "--from-tiled", *given, "--out", out,
+                       "--data-dir", tmp_path / "data")
+    assert code == 2
+    assert_one_line(err)
+    assert f"{given[0]}: does not apply with --from-tiled" in err
+    assert not out.parent.exists() and not (tmp_path / "data").exists()
