@@ -8,6 +8,7 @@
 ``read``          a session's runs as those records (:class:`SessionReader`), and their documents
 ``journal``       the local journal: every document fsynced before the RunEngine moves on
 ``drain``         fills Tiled from the journal in the background, across outages and restarts
+``outage``        saying once that Tiled is away (an error, or a call left waiting) and back
 ``durable``       the journal and its drain together, as a session uses them
 ``journal_runs``  a session's runs as the journal holds them (for resume)
 ``preflight``     checks before a session acts: journal writable, disk space

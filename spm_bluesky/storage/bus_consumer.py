@@ -57,6 +57,7 @@ from spm_bluesky.storage.drain import (
     RunFeeds,
     quiet_outages,
 )
+from spm_bluesky.storage.outage import STALL_S, OutageReport
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class TiledConsumer:
 
     def __init__(self, address: BusAddress, connect_tiled: Callable[[], Container], *,
                  exchange: str = EXCHANGE, batch: int = DRAIN_BATCH, poll: float = DRAIN_POLL,
-                 prefetch: int = PREFETCH, max_backoff: float = MAX_BACKOFF) -> None:
+                 prefetch: int = PREFETCH, max_backoff: float = MAX_BACKOFF,
+                 stall_warning: float = STALL_S) -> None:
         self.address, self.exchange, self.queue = address, exchange, tiled_queue(exchange)
         self.batch, self.poll, self.prefetch, self.max_backoff = batch, poll, prefetch, max_backoff
         self.stats = ConsumerStats()
@@ -92,6 +94,9 @@ class TiledConsumer:
         self._seen: dict[str, set[str]] = {}  # run uid -> uids of its documents fed
         self._stop = threading.Event()
         self.ready = threading.Event()
+        self._report = OutageReport(
+            logger, "storing stopped (%s); the broker keeps the documents and gives them "
+            "again when this consumer is back", "storing again", self.stats, stall_warning)
 
     # -- one message ------------------------------------------------------------------------
 
@@ -118,7 +123,8 @@ class TiledConsumer:
             self._tags.setdefault(run, []).append(tag)  # a publish retried: stored once
             self.stats.duplicates += 1
             return
-        uid, fed = self._runs.feed(name, doc, tag)
+        with self._report.waiting():
+            uid, fed = self._runs.feed(name, doc, tag)
         if fed is Fed.OPEN:
             self._tags.setdefault(uid, []).append(tag)
             self._seen.setdefault(uid, set()).add(doc_uid)
@@ -145,18 +151,22 @@ class TiledConsumer:
                     break
                 if method is None:  # nothing came for a moment: make what is held readable
                     if held:
-                        self._runs.flush()
+                        self._flush()
                         held = 0
                     continue
                 self.handle(channel, method.delivery_tag, body)
                 held += 1
                 if held >= self.batch:
-                    self._runs.flush()
+                    self._flush()
                     held = 0
         finally:
             if connection.is_open:  # the broker takes back what was not acknowledged
                 with contextlib.suppress(Exception):
                     connection.close()
+
+    def _flush(self) -> None:
+        with self._report.waiting():
+            self._runs.flush()
 
     def _forget(self) -> None:
         self._runs.reset()
@@ -166,24 +176,22 @@ class TiledConsumer:
     def run(self) -> None:
         """Consume until :meth:`stop`; through broker and Tiled outages of any length."""
         quiet_outages()
-        backoff, failing = 0.5, False
+        watch = self._report.watch(self._stop, "bus-consumer-watch")
+        backoff = 0.5
         while not self._stop.is_set():
             try:
                 self._consume()
-                failing, backoff = False, 0.5
+                backoff = 0.5
             except Exception as err:  # the broker or Tiled away, refusing, timing out
-                if not failing:
-                    self.stats.outages += 1
-                    detail = str(err) if isinstance(err, BusError) else type(err).__name__
-                    logger.warning("storing stopped (%s); the broker keeps the documents and "
-                                   "gives them again when this consumer is back", detail)
-                failing = True
+                self._report.failed(str(err) if isinstance(err, BusError)
+                                    else type(err).__name__)
                 self.stats.last_error = f"{type(err).__name__}: {err}"
                 self._forget()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             self._forget()
+        watch.join()
         logger.info("stopped: %d messages, %d runs stored", self.stats.messages,
                     self.stats.runs_stored)
 

@@ -5,10 +5,9 @@ each run's documents to a TiledWriter run writer and writes the events it has re
 batch per stream (so an image is readable in Tiled a moment after it was journaled, and a
 fast session costs few HTTP requests). It never gives up: when Tiled does not answer or
 refuses a write, it drops what it was writing, waits (0.5 s, doubling to ``max_backoff``),
-connects again and starts over from the cursor, for as long as the outage lasts. Tiled's
-client and TiledWriter retry a lost request themselves for up to about 45 s; so that the
-session says at once that Tiled is away, a pass that waits longer than ``stall_warning``
-seconds is reported as an outage too.
+connects again and starts over from the cursor, for as long as the outage lasts. It says
+so once, as soon as a pass fails or has waited ``stall_warning`` seconds on Tiled (whose
+client retries for up to about 45 s by itself: :mod:`spm_bluesky.storage.outage`).
 
 The cursor (``cursor.json``) is the start of the oldest run not yet wholly in Tiled (or the
 end of what was read, when every run read is complete). Starting over from it is
@@ -44,6 +43,7 @@ from spm_bluesky.storage.journal import (
     read_records,
     write_cursor,
 )
+from spm_bluesky.storage.outage import STALL_S, OutageReport
 from spm_bluesky.storage.writer import WRITER_MAX_ARRAY_SIZE
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ DRAIN_BATCH = 512
 DRAIN_POLL = 0.05
 #: Longest wait between tries while Tiled is down (s).
 MAX_BACKOFF = 10.0
-#: A pass waiting on Tiled this long (s) is reported as an outage while the libraries retry.
-STALL_WARNING = 10.0
 
 
 class _QuietOutage(logging.Filter):
@@ -226,11 +224,9 @@ class Drain:
 
     def __init__(self, directory: Path | str, connect: Callable[[], Container], *,
                  batch: int = DRAIN_BATCH, poll: float = DRAIN_POLL,
-                 max_backoff: float = MAX_BACKOFF, stall_warning: float = STALL_WARNING
-                 ) -> None:
+                 max_backoff: float = MAX_BACKOFF, stall_warning: float = STALL_S) -> None:
         self.directory = Path(directory)
         self.batch, self.poll, self.max_backoff = batch, poll, max_backoff
-        self.stall_warning = stall_warning
         self.stats = DrainStats()
         self._runs = RunFeeds(connect, self.stats)
         self._cursor = read_cursor(self.directory)
@@ -239,10 +235,10 @@ class Drain:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch: threading.Thread | None = None
-        # Set while a pass runs (monotonic start); the outage flag is shared with the watch.
-        self._pass_started: float | None = None
-        self._outage_lock = threading.Lock()
-        self._outage = False
+        self._report = OutageReport(
+            logger, "Tiled does not take documents (%s); they stay in the journal and are "
+            "sent when it answers", "Tiled answers again; sending the journal", self.stats,
+            stall_warning)
 
     # -- one pass ---------------------------------------------------------------------------
 
@@ -282,39 +278,20 @@ class Drain:
 
     # -- the thread -------------------------------------------------------------------------
 
-    def _report_outage(self, reason: str) -> None:
-        """Log the outage once, however it showed (an error, or a pass left waiting)."""
-        with self._outage_lock:
-            if self._outage:
-                return
-            self._outage = True
-            self.stats.outages += 1
-        logger.warning("Tiled does not take documents (%s); they stay in the journal and are "
-                       "sent when it answers", reason)
-
-    def _report_answer(self) -> None:
-        with self._outage_lock:
-            was_out, self._outage = self._outage, False
-        if was_out:
-            logger.warning("Tiled answers again; sending the journal")
-
     def _loop(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
-            self._pass_started = time.monotonic()
             try:
-                progressed = self.drain_once()
+                with self._report.waiting():
+                    progressed = self.drain_once()
             except Exception as err:  # Tiled down, refusing, timing out: try again later
-                self._pass_started = None
-                self._report_outage(f"{type(err).__name__}: {err}")
+                self._report.failed(f"{type(err).__name__}: {err}")
                 self.stats.last_error = f"{type(err).__name__}: {err}"
                 self._idle.clear()
                 self.reset()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
-            self._pass_started = None
-            self._report_answer()
             backoff = 0.5
             if progressed:
                 self._idle.clear()
@@ -322,21 +299,12 @@ class Drain:
                 self._idle.set()
                 self._stop.wait(self.poll)
 
-    def _watch_passes(self) -> None:
-        """Report a pass that has waited on Tiled longer than ``stall_warning`` seconds."""
-        while not self._stop.wait(min(1.0, self.stall_warning / 4)):
-            started = self._pass_started
-            if started is not None and time.monotonic() - started > self.stall_warning:
-                self._report_outage(f"no answer for {self.stall_warning:g} s")
-
     def start(self) -> Drain:
         """Run the drain in a daemon thread; returns self."""
         quiet_outages()
         self._thread = threading.Thread(target=self._loop, name="journal-drain", daemon=True)
-        self._watch = threading.Thread(target=self._watch_passes, name="journal-drain-watch",
-                                       daemon=True)
         self._thread.start()
-        self._watch.start()
+        self._watch = self._report.watch(self._stop, "journal-drain-watch")
         return self
 
     def wait_stored(self, timeout: float | None = None) -> bool:

@@ -94,3 +94,26 @@ def test_a_quick_pass_is_no_outage(tmp_path: Any, caplog: pytest.LogCaptureFixtu
     finally:
         drain.stop()
     assert _warnings(caplog) == [] and drain.stats.outages == 0
+
+
+def test_an_outage_is_reported_once_however_often_it_shows(caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    """Errors and waits of one outage make one report; a call that raised is no answer."""
+    from spm_bluesky.storage.drain import DrainStats
+    from spm_bluesky.storage.outage import OutageReport
+
+    log = logging.getLogger("test.outage")
+    caplog.set_level(logging.WARNING, logger="test.outage")
+    stats = DrainStats()
+    report = OutageReport(log, "away (%s)", "back", stats, stall_s=STALL_S)
+    report.failed("ConnectError")
+    with pytest.raises(OSError), report.waiting():
+        raise OSError("refused")
+    report.failed("ConnectError")
+    assert _warnings(caplog) == ["away (ConnectError)"] and stats.outages == 1
+    with report.waiting():
+        pass
+    report.answered()
+    report.failed("ReadError")
+    assert _warnings(caplog) == ["away (ConnectError)", "back", "away (ReadError)"]
+    assert stats.outages == 2
