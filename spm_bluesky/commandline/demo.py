@@ -60,8 +60,10 @@ def demo_command(
     tally = result.tally
     print(f"{'interrupted' if result.interrupted else 'done'} after {result.wall_s:.0f} s: "
           f"{tally.simulated_hours:.2f} simulated h, {tally.images} images, {tally.kept} kept "
-          f"({tally.truly_good} with a truly good tip), {tally.episodes} conditioning "
-          f"episodes, {tally.actions} actions, {tally.crashes} crashes")
+          f"({tally.truly_good} with a truly good tip), "
+          f"{_counted(tally.episodes, 'conditioning episode', 'conditioning episodes')}, "
+          f"{_counted(tally.actions, 'action', 'actions')}, "
+          f"{_counted(tally.crashes, 'crash', 'crashes')}")
     print(f"report: {result.report.html}\n        {result.report.png}")
     print(f"again from Tiled: spm-bluesky report {result.session_uid} --data-dir "
           f"{options.data_dir}")
@@ -84,3 +86,8 @@ def add_commands(app: typer.Typer) -> None:
     """Add ``demo`` and ``gallery`` to ``app``."""
     app.command("demo")(demo_command)
     app.command("gallery")(gallery_command)
+
+
+def _counted(count: int, one: str, many: str) -> str:
+    """``1 action``, ``2 actions``: the summary line reads as a sentence."""
+    return f"{count} {one if count == 1 else many}"
