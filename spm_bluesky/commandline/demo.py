@@ -62,7 +62,7 @@ def demo_command(
           f"{tally.simulated_hours:.2f} simulated h, {tally.images} images, {tally.kept} kept "
           f"({tally.truly_good} with a truly good tip), "
           f"{_counted(tally.episodes, 'conditioning episode', 'conditioning episodes')}, "
-          f"{_counted(tally.actions, 'action', 'actions')}, "
+          f"{_counted(tally.actions, 'tip action', 'tip actions')}, "
           f"{_counted(tally.crashes, 'crash', 'crashes')}")
     print(f"report: {result.report.html}\n        {result.report.png}")
     print(f"again from Tiled: spm-bluesky report {result.session_uid} --data-dir "

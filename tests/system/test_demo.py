@@ -53,8 +53,8 @@ def test_demo_runs_reports_and_cleans_up(tmp_path):
     assert re.search(r"sim +0\.1\d/0\.1 h \| images +\d+", output)  # the progress line
     assert "done after" in output
     summary = re.search(r"^done after .*$", output, re.M).group(0)
-    assert re.search(r", \d+ conditioning episodes?, \d+ actions?, \d+ crash(es)?$", summary)
-    assert not re.search(r"\b1 (conditioning episodes|actions|crashes)\b", summary), summary
+    assert re.search(r", \d+ conditioning episodes?, \d+ tip actions?, \d+ crash(es)?$", summary)
+    assert not re.search(r"\b1 (conditioning episodes|tip actions|crashes)\b", summary), summary
     html, png = reported(output)
     assert html.parent == data_dir / "reports" and html.is_file() and png.is_file()
     assert '<section id="map">' in html.read_text()
