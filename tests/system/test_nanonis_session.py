@@ -117,7 +117,6 @@ def test_simulator_killed_mid_session_pauses_and_resumes_the_session(start_sim, 
         reached.wait(300)
         os.kill(sim.process.pid, signal.SIGKILL)
         sim.process.wait()
-        outage["served_before"] = len(r.served.frames)
         time.sleep(3.0)
         start_sim(seed, "--port", str(sim.port), "--truth-port", str(sim.truth_port))
         while "answers again" not in ioc.log():
@@ -146,10 +145,13 @@ def test_simulator_killed_mid_session_pauses_and_resumes_the_session(start_sim, 
     # Every stored image was served by the IOC, none twice; at most the frame in flight at
     # the kill is missing from Tiled.
     stored = [image.astype(np.float32).tobytes() for image in session_images(r.client, session)]
-    frames = r.served.frames[: outage["served_before"]] + observer.frames  # type: ignore[misc]
-    served = [frame[: 64 * 64].astype(np.float32).tobytes() for frame in frames]
+    # Both observers reconnect by themselves after the restart, and either may do so after
+    # the session has resumed (a suite run's fresh observer missed 16 frames): a frame that
+    # either one saw was served.
+    frames = r.served.frames + observer.frames
+    served = {frame[: 64 * 64].astype(np.float32).tobytes() for frame in frames}
     assert len(stored) == len(set(stored)) == summary["images"]
-    assert set(stored) <= set(served) and len(served) - len(stored) <= 1
+    assert set(stored) <= served and len(served) - len(stored) <= 1
     assert "lost: PVs disconnected" in ioc.log()
 
 
