@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,15 @@ import psutil
 SPM = str(Path(sys.executable).with_name("spm-bluesky"))
 REPO = Path(__file__).resolve().parents[1]
 PROFILE_DIR = REPO / "profile_collection"
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str = "a condition",
+               poll: float = 0.02) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from caproto.sync.client import write
 
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
 from spm_bluesky.storage import connect, runs_by_session
-from tests.session_helpers import spm
+from tests.session_helpers import spm, wait_until
 from tests.system.test_chain import ServedFrames
 from tests.system.test_recovery import run_cli, session_images, session_of
 
@@ -47,13 +47,6 @@ def _set_time_scale(state, value: float) -> None:
         write(state.prefix + "Sim:TimeScale", value, notify=True)
 
 
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(OUTAGE_S + 300)
 def test_session_outlives_a_tiled_outage_and_tiled_gets_every_image(tmp_path):
@@ -66,7 +59,7 @@ def test_session_outlives_a_tiled_outage_and_tiled_gets_every_image(tmp_path):
         session_process = run_cli("--images", "1000000", "--run-images", "100",
                                   data_dir=data_dir, log=log)
         session = session_of(log, session_process)
-        _wait(lambda: len(served.frames) >= 100, 120, "100 frames")
+        wait_until(lambda: len(served.frames) >= 100, 120, "100 frames", poll=0.2)
 
         # Tiled dies (SIGKILL, no goodbye); the session keeps scanning through the outage.
         _set_time_scale(state, OUTAGE_TIME_SCALE)
@@ -91,7 +84,8 @@ def test_session_outlives_a_tiled_outage_and_tiled_gets_every_image(tmp_path):
         assert after.returncode == 0, after.stdout
         client = connect(state.tiled_uri, state.api_key)  # the same address and key
         restarted_at = len(served.frames)
-        _wait(lambda: len(served.frames) >= restarted_at + 20, 60, "frames after the restart")
+        wait_until(lambda: len(served.frames) >= restarted_at + 20, 60,
+                   "frames after the restart", poll=0.2)
         session_process.send_signal(signal.SIGINT)  # stop: pause, close the run, store all
         assert session_process.wait(240) == 130, log.read_text()
         served.close()

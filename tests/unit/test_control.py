@@ -31,6 +31,7 @@ from spm_bluesky.autonomy.control import (
     request,
     run_plan,
 )
+from tests.session_helpers import wait_until
 
 STEP_S = 0.05
 
@@ -52,13 +53,6 @@ class Steps:
 
 def ask(data_dir: Path, uid: str, command: Command, who: str = "ada") -> int:
     return request(data_dir, ControlRequest(uid, command, who, time.time()))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def status(data_dir: Path, uid: str) -> SessionStatus | None:
@@ -84,7 +78,7 @@ def run_with_console(session: dict[str, Any], steps: Steps,
 
     def play() -> None:
         try:
-            wait_for(lambda: status(session["dir"], session["uid"]) == SessionStatus.RUNNING)
+            wait_until(lambda: status(session["dir"], session["uid"]) == SessionStatus.RUNNING, 10)
             console()
         except BaseException as err:  # re-raised in the test's thread
             errors.append(err)
@@ -123,9 +117,9 @@ def test_pause_holds_the_plan_until_resume(session):
     held: list[int] = []
 
     def console() -> None:
-        wait_for(lambda: steps.done >= 3)
+        wait_until(lambda: steps.done >= 3, 10)
         ask(data_dir, uid, Command.PAUSE, "ada")
-        wait_for(lambda: status(data_dir, uid) == SessionStatus.PAUSED)
+        wait_until(lambda: status(data_dir, uid) == SessionStatus.PAUSED, 10)
         held.append(steps.done)
         time.sleep(10 * STEP_S)
         held.append(steps.done)
@@ -145,7 +139,7 @@ def test_stop_while_running_and_while_paused(session):
     uid, data_dir = session["uid"], session["dir"]
 
     def stop_running() -> None:
-        wait_for(lambda: steps.done >= 2)
+        wait_until(lambda: steps.done >= 2, 10)
         ask(data_dir, uid, Command.STOP, "ada")
 
     assert run_with_console(session, steps, stop_running) == StopCause.REQUESTED
@@ -162,9 +156,9 @@ def test_stop_while_running_and_while_paused(session):
     steps = Steps(200)
 
     def stop_paused() -> None:
-        wait_for(lambda: steps.done >= 2)
+        wait_until(lambda: steps.done >= 2, 10)
         ask(data_dir, uid, Command.PAUSE, "bob")
-        wait_for(lambda: status(data_dir, uid) == SessionStatus.PAUSED)
+        wait_until(lambda: status(data_dir, uid) == SessionStatus.PAUSED, 10)
         ask(data_dir, uid, Command.STOP, "bob")
 
     assert run_with_console(again, steps, stop_paused) == StopCause.REQUESTED
@@ -189,7 +183,7 @@ def test_sigterm_while_paused_stops(session):
 
     def console() -> None:
         ask(data_dir, uid, Command.PAUSE)
-        wait_for(lambda: status(data_dir, uid) == SessionStatus.PAUSED)
+        wait_until(lambda: status(data_dir, uid) == SessionStatus.PAUSED, 10)
         session["control"].terminate()
 
     assert run_with_console(session, steps, console) == StopCause.INTERRUPTED

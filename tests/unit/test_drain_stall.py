@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from event_model import compose_run
 
-from spm_bluesky.storage.drain import Drain
+from spm_bluesky.storage.drain import Drain, DrainStats
 from spm_bluesky.storage.journal import Journal
+from spm_bluesky.storage.outage import OutageReport
+from tests.session_helpers import wait_until
 
 STALL_S = 0.3
 
@@ -44,26 +46,23 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
-def _wait_for(condition: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+def _one_run_journaled(directory: Any) -> dict[str, Any]:
+    """Journal one empty run in ``directory``; its start document."""
+    bundle = compose_run(metadata={"session_uid": "s1"})
+    with Journal(directory, sync=False) as journal:
+        journal("start", bundle.start_doc)
+        journal("stop", bundle.compose_stop())
+    return dict(bundle.start_doc)
 
 
 def test_a_pass_left_waiting_is_reported_once_and_the_answer_too(
         tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
-    bundle = compose_run(metadata={"session_uid": "s1"})
-    with Journal(tmp_path, sync=False) as journal:
-        journal("start", bundle.start_doc)
-        journal("stop", bundle.compose_stop())
+    start = _one_run_journaled(tmp_path)
     tiled = _SilentTiled()
     caplog.set_level(logging.WARNING, logger="spm_bluesky.storage.drain")
     drain = Drain(tmp_path, lambda: tiled, stall_warning=STALL_S).start()
     try:
-        assert _wait_for(lambda: _warnings(caplog), 5 * STALL_S + 2)
+        wait_until(lambda: _warnings(caplog), 5 * STALL_S + 2, "the outage's warning")
         time.sleep(4 * STALL_S)  # still waiting: no second report
         (away,) = _warnings(caplog)
         assert away.startswith(f"Tiled does not take documents (no answer for {STALL_S:g} s)")
@@ -71,19 +70,16 @@ def test_a_pass_left_waiting_is_reported_once_and_the_answer_too(
 
         tiled.released.set()
         assert drain.wait_stored(10)
-        assert _wait_for(lambda: len(_warnings(caplog)) == 2, 5)
+        wait_until(lambda: len(_warnings(caplog)) == 2, 5, "the answer's warning")
         assert _warnings(caplog)[1] == "Tiled answers again; sending the journal"
-        assert tiled.asked == [bundle.start_doc["uid"]] and drain.stats.runs_skipped == 1
+        assert tiled.asked == [start["uid"]] and drain.stats.runs_skipped == 1
     finally:
         tiled.released.set()
         drain.stop()
 
 
 def test_a_quick_pass_is_no_outage(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
-    bundle = compose_run(metadata={"session_uid": "s1"})
-    with Journal(tmp_path, sync=False) as journal:
-        journal("start", bundle.start_doc)
-        journal("stop", bundle.compose_stop())
+    _one_run_journaled(tmp_path)
     tiled = _SilentTiled()
     tiled.released.set()
     caplog.set_level(logging.WARNING, logger="spm_bluesky.storage.drain")
@@ -99,9 +95,6 @@ def test_a_quick_pass_is_no_outage(tmp_path: Any, caplog: pytest.LogCaptureFixtu
 def test_an_outage_is_reported_once_however_often_it_shows(caplog: pytest.LogCaptureFixture
                                                              ) -> None:
     """Errors and waits of one outage make one report; a call that raised is no answer."""
-    from spm_bluesky.storage.drain import DrainStats
-    from spm_bluesky.storage.outage import OutageReport
-
     log = logging.getLogger("test.outage")
     caplog.set_level(logging.WARNING, logger="test.outage")
     stats = DrainStats()
