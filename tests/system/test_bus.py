@@ -20,9 +20,9 @@ import pytest
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
 from spm_bluesky.storage import connect, runs_by_session
 from spm_bluesky.storage.bus import tiled_queue
-from tests.session_helpers import kill_leftovers, read_state, spm
+from tests.session_helpers import kill_leftovers, read_state, spm, wait_until
 from tests.system.test_chain import ServedFrames
-from tests.system.test_durable_outage import _Ioc, _wait
+from tests.system.test_durable_outage import _Ioc
 from tests.system.test_recovery import run_cli, session_images, session_of
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def test_consumer_killed_and_restarted_mid_session_loses_and_doubles_nothing(tmp
         log = tmp_path / "run.log"
         session_process = run_cli("--images", "60", data_dir=data_dir, log=log)
         session = session_of(log, session_process)
-        _wait(lambda: len(served.frames) >= 25, 120, "25 frames")
+        wait_until(lambda: len(served.frames) >= 25, 120, "25 frames", poll=0.2)
 
         consumer = psutil.Process(state.bus_consumer.pid)
         consumer.send_signal(signal.SIGKILL)  # mid-run (runs of 20 images): no goodbye
@@ -78,7 +78,8 @@ def test_consumer_killed_and_restarted_mid_session_loses_and_doubles_nothing(tmp
         at_kill = len(served.frames)
         status = spm("status", "--data-dir", data_dir)
         assert status.returncode == 1 and "down: consumer;" in status.stdout, status.stdout
-        _wait(lambda: len(served.frames) >= at_kill + 15, 120, "frames without a consumer")
+        wait_until(lambda: len(served.frames) >= at_kill + 15, 120, "frames without a consumer",
+                   poll=0.2)
         assert session_process.poll() is None, log.read_text()
 
         # `up` starts the consumer alone (the password it kept); IOC and Tiled run on.
@@ -100,7 +101,7 @@ def test_consumer_killed_and_restarted_mid_session_loses_and_doubles_nothing(tmp
             return (bool(runs) and all("stop" in run.metadata for run in runs)
                     and len(session_images(client, session)) >= len(digests))
 
-        _wait(all_stored, 90, "the consumer to store the session")
+        wait_until(all_stored, 90, "the consumer to store the session", poll=0.2)
         stored = [image.astype(np.float32).tobytes() for image in session_images(client, session)]
         assert len(stored) == len(digests) == 60, (len(stored), len(digests))
         assert len(set(stored)) == len(stored), "an image is stored twice"
