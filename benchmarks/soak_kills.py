@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,12 +384,16 @@ class Soak:
         down(self.data_dir)
 
 
-def schedule(kills: int, seed: int) -> list[str]:
-    """The phase of each kill: every phase in turn, in a seeded order per round."""
+def schedule(kills: int, seed: int, phases: Sequence[str] = PHASES) -> list[str]:
+    """The phase of each kill: every one of ``phases`` in turn, in a seeded order per
+    round."""
+    unknown = set(phases) - set(PHASES)
+    if unknown or not phases:
+        raise ValueError(f"phases must be some of {PHASES}, got {tuple(phases)}")
     rng = random.Random(seed)
     order: list[str] = []
     while len(order) < kills:
-        block = list(PHASES)
+        block = list(phases)
         rng.shuffle(block)
         order += block
     return order[:kills]
@@ -408,19 +412,20 @@ def soak(data_dir: Path, seed: int, time_scale: float,
 
 def run_soak(data_dir: Path, kills: int, seed: int, *, time_scale: float = 0.004,
              final_images: int = 30, budget_s: float | None = None,
-             log: Callable[[str], None] = print) -> tuple[list[Kill], dict[str, Any]]:
-    """Kill the session ``kills`` times (fewer if ``budget_s`` runs out first, but each
-    phase once), resume after each, and check; the kills and the totals."""
+             log: Callable[[str], None] = print,
+             phases: Sequence[str] = PHASES) -> tuple[list[Kill], dict[str, Any]]:
+    """Kill the session ``kills`` times in ``phases`` (fewer if ``budget_s`` runs out
+    first, but each phase once), resume after each, and check; the kills and the totals."""
     t0 = time.monotonic()
     with soak(data_dir, seed, time_scale, log) as run:
         run.start("--images", "1000000")
-        for number, phase in enumerate(schedule(kills, seed), 1):
+        for number, phase in enumerate(schedule(kills, seed, phases), 1):
             if number > 1:
                 run.start("--images", "1000000")
             kill = run.kill_in(phase)
             log(f"kill {number}: {phase} at {kill.at:.1f} s, {kill.images_before} images")
             elapsed = time.monotonic() - t0
-            if budget_s is not None and number >= len(PHASES) and elapsed > budget_s:
+            if budget_s is not None and number >= len(phases) and elapsed > budget_s:
                 break
         totals = run.finish(final_images)
         return run.kills, totals

@@ -175,7 +175,7 @@ def test_harness_same_episodes_for_every_policy_and_json_shape(tmp_path):
 
     ConditioningEnv.__init__ = bind
     try:
-        report = evaluate(assessor, baseline_factories(0), episodes=40, seed=3)
+        report = evaluate(assessor, baseline_factories(0), episodes=20, seed=3)
     finally:
         ConditioningEnv.__init__ = original
     policies = report["policies"]
@@ -194,7 +194,7 @@ def test_harness_same_episodes_for_every_policy_and_json_shape(tmp_path):
     path = tmp_path / "eval.json"
     write_json({**report, "policies": {"agent": policies["oracle"], **policies}}, path)
     loaded = json.loads(path.read_text())
-    assert loaded["episodes"] == 40 and loaded["seed"] == 3
+    assert loaded["episodes"] == 20 and loaded["seed"] == 3
     assert goals(loaded)["agent / random"]["met"]
     # Same seed: the same episode for every policy (first image identical).
     env = truth_env()
@@ -252,16 +252,22 @@ def test_agent_weights_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_shipped_agent_beats_the_baselines_on_held_out_episodes():
-    """Issue 5's goals on 100 held-out episodes (the CLI checks 500)."""
+    """The agent's goals on held-out episodes (the CLI and the card check 500): success and
+    the ratio to the oracle on 100 episodes; the ratios to the random and heuristic policies,
+    which take three times the actions and miss their goals by a wide margin (0.2 to 0.35
+    against 0.5 and 0.8), on the first 30 of them, paired, for a third of the time."""
     from spm_bluesky.ml.assessor import load_assessor
 
     agent, assessor = load_agent(), load_assessor()
-    report = evaluate(assessor, {"agent": lambda env: agent, **baseline_factories(7)},
-                      episodes=100, seed=7)
-    met = goals(report)
-    assert met["success"]["value"] >= 0.95, report
-    assert met["agent / random"]["met"] and met["agent / heuristic"]["met"], report
-    assert met["agent / oracle"]["value"] <= 1.6, report
+    baselines = baseline_factories(7)
+    cheap = evaluate(assessor, {"agent": lambda env: agent, "oracle": baselines["oracle"]},
+                     episodes=100, seed=7)
+    costly = evaluate(assessor, {"agent": lambda env: agent, "random": baselines["random"],
+                                 "heuristic": baselines["heuristic"]}, episodes=30, seed=7)
+    met = {**goals(costly), **goals(cheap)}  # success on all 100 episodes
+    assert met["success"]["value"] >= 0.95, cheap
+    assert met["agent / random"]["met"] and met["agent / heuristic"]["met"], costly
+    assert met["agent / oracle"]["value"] <= 1.6, cheap
 
 
 def test_online_agent_learns_from_the_episodes_it_acts_in(tmp_path):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,33 +66,29 @@ def twin_image(seed: int, tip_class: TipClass, size: float = 10e-9,
 # -- held-out metrics --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def held_out(assessor):
+@pytest.mark.slow
+def test_held_out_goals_and_the_observable_frames(assessor):
+    """The assessor's goals (every metric of :data:`GOALS`) on every frame of a fresh
+    held-out set, and its observable frames: a few percent of the unstable frames have no
+    flip and of all frames no molecule; without them the figures are no worse (see
+    docs/explanation/assessor.md). One test, so that the set is rendered and judged once
+    (as a module fixture, each xdist worker that ran one of its tests did both again)."""
     held_out = ds.build(ds.TESTS, 0, N_HELD_OUT, held_out_randomisation(),
                         workers=ds.default_workers())
     assert held_out.manifest["class_counts"] == {c: N_HELD_OUT // 5 for c in CLASSES}
-    return evaluate_on(assessor, held_out)
+    result = evaluate_on(assessor, held_out)
+    missed = {metric: goal for metric, goal in result.all_frames.goals().items()
+              if not goal["met"]}
+    assert set(result.all_frames.goals()) == set(GOALS)
+    assert not missed, "".join(f"{metric} = {goal['value']:.4f}, goal {goal['goal']}\n"
+                               for metric, goal in missed.items()) + result.text()
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("metric", list(GOALS))
-def test_held_out_metrics_meet_the_goals(held_out, metric):
-    """The goals of issue 4 on every frame of a fresh held-out set."""
-    goal = held_out.all_frames.goals()[metric]
-    assert goal["met"], f"{metric} = {goal['value']:.4f}, goal {goal['goal']}\n" \
-                        f"{held_out.text()}"
-
-
-@pytest.mark.slow
-def test_observable_frames_are_the_rest_and_judged_at_least_as_well(held_out):
-    """A few percent of the unstable frames have no flip and of all frames no molecule;
-    without them the figures are no worse (see the README, "The tip-quality assessor")."""
-    assert 0.005 * N_HELD_OUT / 5 <= held_out.no_flip <= 0.12 * N_HELD_OUT / 5
-    assert 0.01 * N_HELD_OUT <= held_out.no_molecule <= 0.08 * N_HELD_OUT
-    assert held_out.observable.n_images == N_HELD_OUT - held_out.no_flip - held_out.no_molecule
-    assert held_out.all_frames.n_images == N_HELD_OUT
-    assert held_out.observable.auc_good >= held_out.all_frames.auc_good
-    assert held_out.observable.accuracy_good >= held_out.all_frames.accuracy_good
+    assert 0.005 * N_HELD_OUT / 5 <= result.no_flip <= 0.12 * N_HELD_OUT / 5
+    assert 0.01 * N_HELD_OUT <= result.no_molecule <= 0.08 * N_HELD_OUT
+    assert result.observable.n_images == N_HELD_OUT - result.no_flip - result.no_molecule
+    assert result.all_frames.n_images == N_HELD_OUT
+    assert result.observable.auc_good >= result.all_frames.auc_good
+    assert result.observable.accuracy_good >= result.all_frames.accuracy_good
 
 
 def test_seed_ranges_are_disjoint_and_enforced():
@@ -356,12 +350,6 @@ def test_metrics_against_definitions():
 
 
 # -- Bluesky -----------------------------------------------------------------------------
-
-
-def test_plans_import_without_torch():
-    code = ("import sys, spm_bluesky.plans.assess, spm_bluesky.ml.assessor.callback; "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def mock_stm(image: np.ndarray, size: float, tip_state: str = "good") -> STM:

@@ -1,5 +1,6 @@
 """The control side runs without the ML extra: with torch and gymnasium unimportable, the
-devices, plans, storage and autonomy packages import and a plan runs in a real RunEngine."""
+devices, plans (the assessment plan and the assessor's callback among them), storage and
+autonomy packages import and a plan runs in a real RunEngine."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ SCRIPT = textwrap.dedent("""
     from bluesky import RunEngine
 
     import spm_bluesky.autonomy.rules, spm_bluesky.autonomy.faults, spm_bluesky.storage
+    import spm_bluesky.plans.assess, spm_bluesky.ml.assessor.callback
     from spm_bluesky.plans import acquire_image
     from tests.unit.test_plans_mock import make_stm
 
