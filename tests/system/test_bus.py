@@ -59,7 +59,8 @@ def exchange():
 def test_consumer_killed_and_restarted_mid_session_loses_and_doubles_nothing(tmp_path,
                                                                              exchange):
     data_dir = tmp_path / "data"
-    state, _ = up(UpOptions(data_dir=data_dir, seed=47, bus=BROKER, bus_exchange=exchange))
+    state, _ = up(UpOptions(data_dir=data_dir, seed=47, bus=BROKER, bus_exchange=exchange,
+                             console=False))
     try:
         recorded = read_state(data_dir)
         assert recorded["bus_url"] == "amqp://guest@127.0.0.1:5672/"  # no password

@@ -93,7 +93,7 @@ def _inside(area: int, x: float, y: float, discs: list[Disc]) -> list[Disc]:
 @pytest.mark.timeout(600)
 def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_path):
     data_dir = tmp_path / "data"
-    state, _ = up(UpOptions(data_dir=data_dir, seed=47))
+    state, _ = up(UpOptions(data_dir=data_dir, seed=47, console=False))
     journal = journal_dir(data_dir)
     try:
         client = connect(state.tiled_uri, state.api_key)
@@ -177,7 +177,7 @@ def test_kills_during_conditioning_and_after_a_crash_lose_no_safety_record(tmp_p
 @pytest.mark.timeout(600)
 def test_a_crash_while_an_episode_acts_is_handled_like_any_crash(tmp_path):
     data_dir = tmp_path / "data"
-    state, _ = up(UpOptions(data_dir=data_dir, seed=53))
+    state, _ = up(UpOptions(data_dir=data_dir, seed=53, console=False))
     journal = journal_dir(data_dir)
     log = tmp_path / "session.log"
     try:

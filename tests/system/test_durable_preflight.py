@@ -22,7 +22,7 @@ def _snapshot(state) -> dict[str, list]:
 
 def test_unwritable_journal_is_refused_before_any_pv_is_written(tmp_path):
     data_dir = tmp_path / "data"
-    state, _ = up(UpOptions(data_dir=data_dir, seed=53))
+    state, _ = up(UpOptions(data_dir=data_dir, seed=53, console=False))
     try:
         (data_dir / "journal").write_text("a file where the journal directory goes")
         before = _snapshot(state)

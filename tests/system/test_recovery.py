@@ -183,7 +183,7 @@ def wait_for_runs(client, session: str, resumed: int, count: int,
 @pytest.mark.slow
 def test_stopped_and_killed_session_resumes_from_tiled_without_rescanning(tmp_path):
     data_dir = tmp_path / "data"
-    state, _ = up(UpOptions(data_dir=data_dir, seed=41))
+    state, _ = up(UpOptions(data_dir=data_dir, seed=41, console=False))
     try:
         client = connect(state.tiled_uri, state.api_key)
         # Ctrl-C: the session pauses at a checkpoint and closes its run; nothing is lost.
