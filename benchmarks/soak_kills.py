@@ -203,7 +203,7 @@ class Soak:
         self.data_dir, self.seed, self.time_scale, self.log = data_dir, seed, time_scale, log
         self.rng = random.Random(seed)
         self.state, _ = up(UpOptions(data_dir=data_dir, seed=seed, time_scale=time_scale,
-                                           console=False))
+                                     console=False))
         self.client = connect(self.state.tiled_uri, self.state.api_key)
         self.journal = journal_dir(data_dir)
         self.follower = Follower(self.journal)

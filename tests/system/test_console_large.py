@@ -58,6 +58,10 @@ def shown_tiles(page: Any) -> list[str]:
                                                "t.dataset.seq)")
 
 
+def _listed(seconds: list[float]) -> str:
+    return ", ".join(f"{s:.2f}" for s in seconds)
+
+
 def timed_page(page: Any, action: Any, before: list[str] | None = None) -> float:
     """Seconds from ``action()`` to a full page of tiles, different from ``before``."""
     started = time.perf_counter()
@@ -97,10 +101,9 @@ def test_a_stored_session_of_20000_images_opens_in_under_a_second(
             wait_for_pictures(page, ".tile img")
             screenshot(page, "large-gallery-page-2")
         first, second = min(firsts), min(seconds)
-        timings = ", ".join(f"{t:.2f}" for t in firsts)
-        print(f"20,000 images: first gallery page {first:.2f} s (best of {timings}; its "
-              f"{PER_PAGE} pictures {pictures[0]:.2f} s more), next page {second:.2f} s (best "
-              f"of {', '.join(f'{t:.2f}' for t in seconds)})")
+        print(f"20,000 images: first gallery page {first:.2f} s (best of {_listed(firsts)}; "
+              f"its {PER_PAGE} pictures {pictures[0]:.2f} s more), next page {second:.2f} s "
+              f"(best of {_listed(seconds)})")
         assert first < FIRST_PAGE_S and second < FIRST_PAGE_S
 
         # Once all runs are read: every image is there, each verdict counted.
