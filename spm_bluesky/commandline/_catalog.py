@@ -49,7 +49,7 @@ def tiled_data(data_dir: Path) -> bool:
 def open_catalog(data_dir: Path, uri: str | None = None,
                  key_file: Path | None = None) -> Iterator[Catalog]:
     """The Tiled catalog of runs to read a session from (see the module docstring)."""
-    from spm_bluesky.storage import TiledConfig, connect, start_server
+    from spm_bluesky.storage import TiledConfig, connect, start_server, unreachable
 
     if uri:
         try:
@@ -59,6 +59,8 @@ def open_catalog(data_dir: Path, uri: str | None = None,
         if not key:
             raise CatalogUnavailable(f"--tiled-uri {uri} needs an API key: --api-key-file "
                                      "or $SPM_TILED_API_KEY")
+        if why := unreachable(uri):
+            raise CatalogUnavailable(f"cannot read from Tiled at {uri}: {why}")
         yield Catalog(connect(uri, key), f"Tiled at {uri}", f" --tiled-uri {uri}")
         return
     options = f" --data-dir {data_dir}"

@@ -298,6 +298,10 @@ def train_agent(
         if not api_key:
             raise fail("--from-tiled needs the server's API key: --api-key-file or "
                        "$SPM_TILED_API_KEY", 2)
+        from spm_bluesky.storage import unreachable
+
+        if why := unreachable(from_tiled):
+            raise fail(f"cannot read from Tiled at {from_tiled}: {why}", 2)
     model = load_assessor(assessor)
     if steps is None:
         steps = 0 if from_tiled else DQNConfig().env_steps

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
         read_tail,
         start_server,
         tiled_answers,
+        unreachable,
     )
     from spm_bluesky.storage.writer import (
         WRITER_BATCH_SIZE,
@@ -100,7 +101,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "server": (
         "TiledConfig", "TiledServer", "TiledServerError", "connect", "load_or_create_api_key",
-        "port_taken", "read_tail", "start_server", "tiled_answers",
+        "port_taken", "read_tail", "start_server", "tiled_answers", "unreachable",
     ),
     "writer": (
         "WRITER_BATCH_SIZE", "WRITER_MAX_ARRAY_SIZE", "BackedUpTiledWriter", "DocumentCallback",
@@ -165,5 +166,6 @@ __all__ = [
     "start_server",
     "subscribe_writer",
     "tiled_answers",
+    "unreachable",
     "write_labels",
 ]

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -388,6 +389,28 @@ def _failure(reason: str, server_log: str, log_path: Path) -> str:
         f"Tiled server did not start: {reason}: {cause}\n"
         f"Server log ({log_path}), last lines:\n" + "\n".join(lines[-40:])
     )
+
+
+def unreachable(uri: str, timeout: float = 3.0) -> str | None:
+    """Why nothing can answer at ``uri`` (connection refused, no such host, no answer within
+    ``timeout`` seconds); None when its host accepts a TCP connection on its port.
+
+    Tiled's client retries a refused connection for up to 45 s with a spinner: a command given
+    a wrong address checks it with this first and says so at once.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{uri!r} is not an http(s) URI"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:
+        return f"{uri!r}: {err}"
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        return f"nothing answers at {parts.hostname}:{port} ({why})"
+    return None
 
 
 def tiled_answers(uri: str, api_key: str, timeout: float = 2.0) -> bool:

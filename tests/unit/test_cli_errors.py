@@ -272,3 +272,36 @@ def test_a_fine_tune_refuses_the_options_of_training_from_rendered_images(capsys
     assert_one_line(err)
     assert f"{given[0]}: does not apply with --from-tiled" in err
     assert not out.parent.exists() and not (tmp_path / "data").exists()
+
+
+def _closed_port() -> int:
+    """A loopback TCP port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [
+    ("report", "--list"),
+    ("train", "assessor", "--from-tiled", "--out", "mine.pt"),
+    ("train", "agent", "--from-tiled", "URI", "--out", "mine.pt"),
+])
+def test_a_tiled_address_where_nothing_answers_is_refused_at_once(capsys, tmp_path,
+                                                                   monkeypatch, command):
+    """Tiled's client would retry a refused connection for 45 s; the command says so at once."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{_closed_port()}/api"
+    key = tmp_path / "tiled.key"
+    key.write_text("secret")
+    args = [uri if arg == "URI" else arg for arg in command]
+    if "URI" not in command:
+        args += ["--tiled-uri", uri]
+    started = time.monotonic()
+    code, out, err = spm(capsys, *args, "--api-key-file", key)
+    assert time.monotonic() - started < 5, "the refusal waited for retries"
+    assert code in (1, 2), (code, out, err)
+    assert_one_line(err)
+    assert f"cannot read from Tiled at {uri}: nothing answers at 127.0.0.1:" in err
+    assert not (tmp_path / "mine.pt").exists()
