@@ -34,7 +34,9 @@ from tests.session_helpers import SPM, clean_env, services_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-IMAGES = 30
+#: Frames of the session: enough for a median and a maximum of the latency (at least five are
+#: asked for), few enough that the polling page, console and browser cost little CPU.
+IMAGES = 20
 #: The twin's time scale: a frame about every 1.6 s, so the page can show each one.
 TIME_SCALE = "0.1"
 #: Seconds from a frame stored to the page showing it.
