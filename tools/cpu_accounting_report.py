@@ -34,15 +34,20 @@ def is_pytest(record: dict[str, Any]) -> bool:
     return program(record) == "pytest"
 
 
-def is_worker(record: dict[str, Any]) -> bool:
-    """True for an xdist worker: execnet starts each as ``python -c``."""
-    return record["argv"][:1] == ["-c"]
+def worker_pids(records: list[dict[str, Any]]) -> set[int]:
+    """The processes that ran tests: xdist's workers (execnet starts each as ``python -c``
+    from pytest's own process; a test's own ``python -c`` child is not one), else pytest
+    itself (``-n 0``)."""
+    pytest_pids = {r["pid"] for r in records if is_pytest(r)}
+    workers = {r["pid"] for r in records
+               if r["argv"][:1] == ["-c"] and r["ppid"] in pytest_pids}
+    return workers or pytest_pids
 
 
-def kind(record: dict[str, Any]) -> str:
+def kind(record: dict[str, Any], workers: set[int]) -> str:
     """A short name for what the process was."""
     name, args = program(record), record["argv"][1:]
-    if is_worker(record):
+    if record["pid"] in workers:
         return "pytest worker"
     if name == "tiled" and args[:1] == ["serve"]:
         return "tiled serve"
@@ -53,9 +58,7 @@ def kind(record: dict[str, Any]) -> str:
 
 def report(records: list[dict[str, Any]], top: int) -> str:
     """Tables of CPU seconds by test file and by kind of process."""
-    workers = {r["pid"] for r in records if is_worker(r)}
-    if not workers:  # one process (-n 0): pytest itself runs the tests
-        workers = {r["pid"] for r in records if is_pytest(r)}
+    workers = worker_pids(records)
     # With workers, pytest's own record is theirs again (it reaps them): left out.
     records = [r for r in records if r["pid"] in workers or not is_pytest(r)]
     by_file: Counter[str] = Counter()
@@ -68,8 +71,9 @@ def report(records: list[dict[str, Any]], top: int) -> str:
         elif record["ppid"] not in workers:
             test = next(iter(record["by_test"]), "")
             by_file[test.split("::")[0] or "(outside tests)"] += record["cpu_s"]
-        by_kind[kind(record)] += record["cpu_s"]
-        started[kind(record)] += 1
+        name = kind(record, workers)
+        by_kind[name] += record["cpu_s"]
+        started[name] += 1
     lines = [f"{sum(by_file.values()):.0f} CPU s in all", "", "| test file | CPU s |",
              "|---|---:|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in by_file.most_common(top)]
