@@ -37,8 +37,8 @@ from spm_bluesky.services.launch import data_dir_from
 train_app = typer.Typer(no_args_is_help=True, help="Train a model from twin data.")
 _DEFAULTS = TrainConfig()
 #: Options of training from rendered images, which a fine-tune from Tiled has no use for.
-_TRAINING_ONLY = ("images", "synth_images", "leave_out", "scale_free", "good_weight", "data",
-                  "workers")
+_TRAINING_ONLY = ("images", "synth_images", "leave_out", "scale_free", "good_weight", "width",
+                  "data", "workers")
 
 
 @train_app.command("assessor")
@@ -65,6 +65,10 @@ def train_assessor(
         _DEFAULTS.good_weight, parser=positive_float,
         help="loss weight of the good class: 4 gives good and the four bad classes together "
              "equal weight, so p(good) = 0.5 means even odds of good against bad"),
+    width: float = typer.Option(
+        _DEFAULTS.width, parser=positive_float,
+        help="scale every layer's channel count by this (1: the shipped network's 32 to 128 "
+             "channels; the weight file records the widths in its shapes)"),
     epochs: int | None = typer.Option(
         None, parser=positive_int,
         show_default=f"{_DEFAULTS.epochs}; with --from-tiled the fine-tune's own",
@@ -126,7 +130,8 @@ def train_assessor(
                    f"{', '.join(FAMILY_NAMES)}", 2)
     config = TrainConfig(seed=seed, images=images, epochs=epochs, workers=workers,
                          synth_images=synth_images, scale_free=scale_free,
-                         synth_validation_images=synth_images // 10, good_weight=good_weight)
+                         synth_validation_images=synth_images // 10, good_weight=good_weight,
+                         width=width)
     if leave_out is not None:
         config = replace(config, synth=config.synth.without(leave_out))
     result = train(config, out=out, data_dir=data, progress=True)

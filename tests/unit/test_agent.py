@@ -31,6 +31,7 @@ from spm_bluesky.ml.agent.evaluation import (
 )
 from spm_bluesky.ml.agent.policies import ESCALATION, HeuristicPolicy, RandomPolicy
 from spm_bluesky.ml.assessor.assessor import serialise
+from spm_bluesky.ml.assessor.model import TipNet, stages_for
 from spm_bluesky.protocols import CLASSES, Assessment, encode_history
 from spm_bluesky.twin.tip import TipClass
 
@@ -394,3 +395,19 @@ def test_the_oracle_from_a_label_acts_as_the_oracle_of_that_single_defect():
         by_state = OraclePolicy(lambda state=state: state, config).act({}, mask)
         by_label = OraclePolicy.from_label(lambda c=tip_class: c.value).act({}, mask)
         assert by_state == by_label
+
+
+def test_an_agent_on_a_wider_assessor_takes_its_widths(tmp_path):
+    """The agent's body is the assessor's: built from a wider assessor's file, it has that
+    file's widths, and its own weight file loads back at them."""
+    torch.manual_seed(2)
+    assessor_path = tmp_path / "assessor.pt"
+    assessor_path.write_bytes(serialise(TipNet(stages_for(1.5), robust=True)))
+    net = AgentNet.from_assessor(assessor_path, seed=0)
+    assert net.stages == stages_for(1.5) and net.width == 2 * 192
+    assert Learner(net, DQNConfig()).target.stages == net.stages
+    path = tmp_path / "agent.pt"
+    path.write_bytes(serialise(net))
+    agent = load_agent(path)
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(agent.net.state_dict()[key], value)

@@ -11,7 +11,10 @@ import torch
 
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor import data as ds
-from spm_bluesky.ml.assessor.model import TipNet
+from spm_bluesky.ml.assessor import load_assessor
+from spm_bluesky.ml.assessor.assessor import TipNetAssessor, serialise
+from spm_bluesky.ml.assessor.finetune import base_network
+from spm_bluesky.ml.assessor.model import STAGES, TipNet, stages_for, stages_of
 from spm_bluesky.ml.assessor.synth import generate as synth
 from spm_bluesky.ml.assessor.synth import surfaces, tips
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
@@ -155,3 +158,30 @@ def test_the_weights_say_whether_the_input_is_rescaled():
             net.load_state_dict(state)
             assert net.features[0].robust is robust
             assert set(net.state_dict()) == set(state)
+
+
+@pytest.mark.parametrize("width, robust", [(1.0, False), (1.5, True), (0.5, False)])
+def test_a_weight_file_of_any_width_loads_as_trained(tmp_path, width, robust):
+    """The widths are read off the weights' shapes: a wider (or narrower) network's file
+    loads through ``load_assessor`` and the fine-tune's ``base_network`` with the very
+    outputs it was saved with, and the default width is the shipped network's."""
+    torch.manual_seed(1)
+    stages = stages_for(width)
+    net = TipNet(stages, robust=robust).eval()
+    assert stages_of(net.state_dict()) == stages
+    path = tmp_path / "assessor.pt"
+    path.write_bytes(serialise(net))
+    frame = synth.render(3, 0, CONFIG)[0]
+    expected = TipNetAssessor(net, "in-memory").assess(frame, 10e-9).probabilities
+    loaded = load_assessor(path, calibrated=False)
+    assert loaded.assess(frame, 10e-9).probabilities == pytest.approx(expected, abs=1e-6)
+    base = base_network(path)
+    assert stages_of(base.state_dict()) == stages and base.features[0].robust is robust
+    x = torch.from_numpy(processing.prepare(frame, 10e-9)[None])
+    with torch.inference_mode():
+        torch.testing.assert_close(base.eval()(x), net(x))
+    assert stages_for(1.0) == STAGES
+    with pytest.raises(ValueError, match="width must be positive"):
+        stages_for(0)
+    with pytest.raises(ValueError, match="not a TipNet state"):
+        stages_of({"head.weight": torch.zeros(5, 4)})

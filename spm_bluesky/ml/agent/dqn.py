@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from spm_bluesky.domain.actions import ACTIONS
-from spm_bluesky.ml.assessor.model import TipNet
+from spm_bluesky.ml.assessor.model import STAGES, Stages, TipNet, stages_of
 from spm_bluesky.ml.card import WEIGHTS_DIR, model_id_for
 from spm_bluesky.protocols import CLASSES, HISTORY, Decision
 
@@ -47,9 +47,11 @@ def augmentations(image: np.ndarray) -> np.ndarray:
 class AgentNet(nn.Module):
     """Q-values ``(n, actions)`` from network inputs ``(n, 1, 64, 64)`` and extras."""
 
-    def __init__(self) -> None:
+    def __init__(self, stages: Stages = STAGES) -> None:
         super().__init__()
-        body = TipNet()
+        #: The body's widths: those of the assessor it was built on.
+        self.stages = stages
+        body = TipNet(stages)
         self.features = body.features
         #: Width of the pooled features (mean and max of the last block).
         self.width = body.head.in_features
@@ -75,11 +77,11 @@ class AgentNet(nn.Module):
     def from_assessor(cls, assessor_weights: Path | str, seed: int = 0) -> AgentNet:
         """A fresh head (initialised from ``seed``) on the assessor's body (its weights read
         safely, no pickle)."""
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            net = cls()
         state = torch.load(io.BytesIO(Path(assessor_weights).read_bytes()),
                            map_location="cpu", weights_only=True)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            net = cls(stages_of(state))
         body = {k.removeprefix("features."): v for k, v in state.items()
                 if k.startswith("features.")}
         net.features.load_state_dict(body)
@@ -159,8 +161,9 @@ def load_agent(path: Path | str | None = None) -> DQNAgent:
         raise FileNotFoundError(f"no agent weights at {source}: train them with "
                                 "'spm-bluesky train agent'")
     data = source.read_bytes()
-    net = AgentNet()
-    net.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    net = AgentNet(stages_of(state))
+    net.load_state_dict(state)
     return DQNAgent(net, model_id_for(MODEL_NAME, data))
 
 
@@ -234,7 +237,7 @@ class Learner:
         self.net = net
         for parameter in net.features.parameters():
             parameter.requires_grad_(False)
-        self.target = AgentNet()
+        self.target = AgentNet(net.stages)
         self.target.load_state_dict(net.state_dict())
         self.optimiser = torch.optim.Adam(net.head.parameters(), lr=config.learning_rate)
         self.replay = Replay(config.replay, net.width)

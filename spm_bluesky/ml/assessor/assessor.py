@@ -205,8 +205,7 @@ def load_assessor(path: Path | str | None = None, calibrated: bool = True) -> Ti
                                 "'spm-bluesky train assessor'")
     data = source.read_bytes()
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    model = TipNet()
-    model.load_state_dict(state)
+    model = TipNet.from_state_dict(state)
     model_id = model_id_for(MODEL_NAME, data)
     calibration = load_calibration(source, model_id) if calibrated else None
     return TipNetAssessor(model, model_id, calibration)

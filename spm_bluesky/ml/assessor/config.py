@@ -31,6 +31,9 @@ class TrainConfig:
     #: prior odds of good against bad are 1 to 4 and an image unlike any seen gets a low
     #: p(good); 4 evens them (a decision at p(good) 0.5 is then good against bad).
     good_weight: float = 1.0
+    #: Factor on every layer's channel count (:func:`~spm_bluesky.ml.assessor.model.stages_for`);
+    #: 1 is the shipped network. Wider nets learn more families at some latency.
+    width: float = 1.0
     #: Held-out images evaluated for the model card (same set as ``eval assessor --seed 0``).
     eval_images: int = 5_000
     eval_base: int = 0

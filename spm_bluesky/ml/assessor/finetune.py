@@ -221,9 +221,7 @@ def base_network(weights: Path | None = None) -> TipNet:
     ``torch.load(weights_only=True)``."""
     source = WEIGHTS if weights is None else weights
     state = torch.load(io.BytesIO(source.read_bytes()), map_location="cpu", weights_only=True)
-    model = TipNet()
-    model.load_state_dict(state)
-    return model
+    return TipNet.from_state_dict(state)
 
 
 def p_good(assessor: TipNetAssessor, frames: Sequence[LabelledFrame]) -> np.ndarray:

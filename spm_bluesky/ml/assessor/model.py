@@ -14,9 +14,15 @@ convolutions, batch norm, max pooling) at a width that answers in about a millis
 - two convolutions at 32 px (32 channels), two at 16 px (64), one at 8 px (128);
 - global average and max pooling (a streak or a ghost anywhere in the window counts),
   dropout and one linear layer to the five classes. About 140 k parameters.
+
+The widths can be scaled (``train assessor --width``, :func:`stages_for`); a weight file
+needs no record of them, because :meth:`TipNet.from_state_dict` reads them off the
+convolutions' shapes (:func:`stages_of`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -32,6 +38,42 @@ CLIP = 4.0
 #: Convolutions per scale after the space-to-depth step (channels of each).
 STAGES: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128,))
 DROPOUT = 0.2
+#: Index step between two convolutions of one stage in ``features`` (conv, norm, ReLU); a
+#: larger step means a pooling layer in between, so a new stage.
+_CONV_STEP = 3
+
+Stages = tuple[tuple[int, ...], ...]
+
+
+def stages_for(width: float) -> Stages:
+    """:data:`STAGES` with every channel count scaled by ``width`` (1 is the shipped net)."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, not {width}")
+    return tuple(tuple(max(1, round(channels * width)) for channels in stage)
+                 for stage in STAGES)
+
+
+def stages_of(state: Mapping[str, torch.Tensor], prefix: str = "features.") -> Stages:
+    """The stages of the network whose ``features`` state is under ``prefix`` in ``state``.
+
+    Read from the convolutions' weights (the only 4-d weights) and their positions: a gap
+    of more than one conv-norm-ReLU between two convolutions is a pooling layer. So a weight
+    file of any width loads without a separate record of its architecture.
+    """
+    convolutions = sorted(
+        (int(key[len(prefix):].split(".")[0]), int(tensor.shape[0]))
+        for key, tensor in state.items()
+        if key.startswith(prefix) and key.endswith(".weight") and tensor.dim() == 4)
+    if not convolutions:
+        raise ValueError(f"no convolution weights under {prefix!r}: not a TipNet state")
+    stages: list[list[int]] = []
+    previous = -_CONV_STEP - 1
+    for index, channels in convolutions:
+        if index - previous > _CONV_STEP:
+            stages.append([])
+        stages[-1].append(channels)
+        previous = index
+    return tuple(tuple(stage) for stage in stages)
 
 
 def _conv(channels_in: int, channels_out: int) -> list[nn.Module]:
@@ -97,7 +139,7 @@ class TipNet(nn.Module):
     state_dict with the weights.
     """
 
-    def __init__(self, stages: tuple[tuple[int, ...], ...] = STAGES,
+    def __init__(self, stages: Stages = STAGES,
                  classes: int = len(CLASSES), robust: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [InputStage(robust)]
@@ -112,6 +154,13 @@ class TipNet(nn.Module):
         self.dropout = nn.Dropout(DROPOUT)
         self.head = nn.Linear(2 * channels, classes)
         self.register_buffer("temperature", torch.ones(()))
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> TipNet:
+        """A network of the state's own widths (:func:`stages_of`) with its weights loaded."""
+        model = cls(stages_of(state))
+        model.load_state_dict(state)
+        return model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits of each window."""

@@ -33,7 +33,7 @@ from spm_bluesky.ml.assessor.assessor import (
 from spm_bluesky.ml.assessor.augment import augment_batch
 from spm_bluesky.ml.assessor.config import TrainConfig
 from spm_bluesky.ml.assessor.evaluation import evaluate_on, held_out_randomisation, synth_figures
-from spm_bluesky.ml.assessor.model import STAGES, TipNet
+from spm_bluesky.ml.assessor.model import TipNet, stages_for
 from spm_bluesky.ml.assessor.synth import generate as synth
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
 from spm_bluesky.ml.assessor.unsure import UnsureCalibration, calibrate_unsure
@@ -174,7 +174,8 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
     val_labels = _flatten(val_set, synth_val)[2]
 
     # torch's stubs lack Module.to's memory_format keyword (torch accepts it).
-    model = TipNet(robust=config.scale_free).to(  # type: ignore[call-overload]
+    stages = stages_for(config.width)
+    model = TipNet(stages, robust=config.scale_free).to(  # type: ignore[call-overload]
         memory_format=torch.channels_last)
     augmentation = replace(config.augmentation, relative_heights=config.scale_free)
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
@@ -247,7 +248,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
         **weight_file_fields(model_id, out, weights),
         "classes": list(CLASSES),
         "architecture": {"class": "spm_bluesky.ml.assessor.model.TipNet",
-                         "stages": [list(stage) for stage in STAGES],
+                         "stages": [list(stage) for stage in stages],
                          "parameters": sum(p.numel() for p in model.parameters())},
         "input": "square frame in metres, 8 to 1024 px; processing.prepare: 64 px windows at "
                  "10 nm / 64 px (one up to 10 nm, four up to 20 nm, central 20 nm of bigger "
