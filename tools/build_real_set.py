@@ -11,7 +11,9 @@ git clones, one per repository, named ``owner+name`` (a bare clone, or a clone w
 directory is ``owner+name/repo``), e.g.::
 
     for r in chenxu2394/py_createc nanotech-empa/spmpy hoffmanlabcoding/stmpy \\
-             FAIRmat-NFDI/pynxtools-spm matkrin/spm-rs; do
+             FAIRmat-NFDI/pynxtools-spm matkrin/spm-rs SPMQT-Lab/ProbeFlow \\
+             darianSmalley/NanoscoPy New-Horizons-SPM/G80SXM zrbyte/rhkpy \\
+             FAIRmat-NFDI/pynxtools-stm; do
         git clone --bare https://github.com/$r clones/${r/\\//+}
     done
     python tools/build_real_set.py clones --arrays ../real-set/real_set.npz
@@ -22,8 +24,12 @@ How each image is extracted (see :func:`extract`):
    equals BLOB; companion files (the Omicron MATRIX parameter file) are written beside it.
 2. The topograph is the Z channel in the forward (trace) direction, in metres: Nanonis
    ``.sxm`` and Createc ``.dat`` through :func:`spm_bluesky.formats.read_scan`; Omicron
-   MATRIX ``.Z_mtrx`` and SPECS Aarhus ``.mul`` through Gwyddion's own file modules
+   MATRIX ``.Z_mtrx``, SPECS Aarhus ``.mul`` and RHK ``.sm4`` (its ``Topography [Right]``
+   channel, RHK's forward scan) through Gwyddion's own file modules
    (``tests/unit/_gwyddion.py``), flipped so that row 0 is the lowest line, as read_scan has it.
+   Createc files whose header was shortened when they were anonymised (ProbeFlow's test
+   data) are padded with spaces before ``DATA`` to the format's 16 KiB first
+   (:func:`_padded_createc`); nothing else in them changes.
 3. Lines that were never scanned (NaN, or constant lines of an aborted frame) are dropped;
    the largest square of scanned lines is kept (centred across the lines).
 4. Frames of 40 nm or more are cut into a 2 x 2 grid of cells (3 x 3 from 80 nm) and the
@@ -53,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from spm_bluesky.domain.processing import resample  # noqa: E402
 from spm_bluesky.formats import read_scan  # noqa: E402
+from spm_bluesky.formats.createc import HEADER_BYTES as CREATEC_HEADER_BYTES  # noqa: E402
 from spm_bluesky.ml.assessor.real_set import JSON_NAME, NPZ_NAME, REAL_DIR  # noqa: E402
 
 MAX_PIXELS = 128
@@ -83,6 +90,8 @@ class File:
     blob: str
     sample: str
     companions: tuple[tuple[str, str], ...] = ()  # (path, blob) written beside it
+    #: The repository, where it is not the source's (one instrument's files in two).
+    repository: str | None = None
 
 
 SOURCES = {s.key: s for s in (
@@ -100,6 +109,26 @@ SOURCES = {s.key: s for s in (
            "Omicron MATRIX STM", "not stated (spm-rs test data, Matthias Krinninger)"),
     Source("specs-aarhus", "matkrin/spm-rs", "MIT", "Copyright (c) 2022 matkrin",
            "SPECS Aarhus STM (.mul)", "not stated (spm-rs test data)"),
+    Source("createc-spmqt-ln2", "SPMQT-Lab/ProbeFlow", "MIT",
+           "Copyright (c) 2026 SPMQT-Lab and contributors",
+           "Createc STM (STMAFM software; header title 'LN2', Z piezo 19.2 A/V)",
+           "SPMQT-Lab (ProbeFlow test data)"),
+    Source("createc-spmqt-lhe", "SPMQT-Lab/ProbeFlow", "MIT",
+           "Copyright (c) 2026 SPMQT-Lab and contributors",
+           "Createc LT-STM (STMAFM software; header title 'lHe', Z piezo 9.21 A/V)",
+           "SPMQT-Lab (ProbeFlow test data)"),
+    Source("nanonis-spmqt", "SPMQT-Lab/ProbeFlow", "MIT",
+           "Copyright (c) 2026 SPMQT-Lab and contributors", "Nanonis STM (4.4 K)",
+           "SPMQT-Lab (ProbeFlow test data)"),
+    Source("nanonis-ucf", "darianSmalley/NanoscoPy", "MIT", "Copyright (c) 2021 Darian Smalley",
+           "Nanonis STM (room temperature, 290 K in the header)",
+           "Ishigami group, University of Central Florida (path in the file header)"),
+    Source("nanonis-monash", "New-Horizons-SPM/G80SXM", "MIT",
+           "Copyright (c) 2022 New-Horizons-SPM",
+           "Nanonis (Generic 5) low-temperature STM/qPlus, STM feedback",
+           "New-Horizons-SPM, Monash University (G80SXM example data)"),
+    Source("rhk-rhkpy", "zrbyte/rhkpy", "MIT", "Copyright (c) 2021 Mirco Panighel",
+           "RHK STM (.sm4)", "not stated (rhkpy test data)"),
 )}
 
 _PYCREATEC = "91125c48362a0785db34671171bc10012761539a"
@@ -152,6 +181,7 @@ _EMPA_FILES = {
     "test_data/hBN_defect_spec_along_line/img_0070.sxm":
         "76e529b215352fd182313d9b5cb6de1fc1c70cf8",
 }
+_PROBEFLOW = "e2439a28a67153ff30982de471ba1df409d82f1f"
 _EMPA_SAMPLES = {"A2Porphyrin": "porphyrin molecules (A2 porphyrin) on a metal surface",
                  "hBN": "hexagonal boron nitride (defects)"}
 
@@ -178,6 +208,54 @@ FILES: tuple[File, ...] = (
     File("specs-aarhus", "tests/test_files/stm-aarhus-mul-a.mul",
          "bef6a766a0913451bd6bca822418e352632daded", "22a3f4f39c2e2b7e1863299d09ed9efdccb8b281",
          "not stated"),
+    File("nanonis-fairmat", "test_example/Au_mica_2023_Y_A_099.sxm",
+         "6733c04b39086a75d033c5ac83cf86435fd0fee7", "99bd76e815b31edc0c7f83c92d574dd683cceaed",
+         "gold on mica (file name)", repository="FAIRmat-NFDI/pynxtools-stm"),
+    *(File("createc-spmqt-ln2", path, commit, blob, sample) for path, commit, blob, sample in (
+        ("test_data/createc_scan_atomic_11nm.dat", _PROBEFLOW,
+         "84c9743374ca8d84b9ee5d4977478f094222e8d7", "not stated (file name: atomic)"),
+        ("test_data/createc_scan_zoom_15nm.dat", _PROBEFLOW,
+         "11af4f8903cc0884a0d8b1347308ce6077ea64d1", "not stated"),
+        ("test_data/createc_scan_molecular_30nm_pos.dat", _PROBEFLOW,
+         "27ba2675a121eb6e0706741543b865fc217789b0", "not stated (file name: molecular)"),
+        ("test_data/createc_scan_island_60nm.dat", _PROBEFLOW,
+         "7ac70a48cfe5740967efa6871b089aae18b27092", "not stated (file name: island)"),
+        ("test_data/createc_scan_close_100nm.dat", _PROBEFLOW,
+         "0ca3662ff6bdfac51d63cd130b001047418c05d8", "not stated"),
+        # Deleted from the repository in a later commit; read where it was.
+        ("_delete/A260211.102135.dat", "bb9b3ab205b20ec63684650b72f5e3b1a5572150",
+         "a630fdd46b6b23f3b4f32bb56a5664a2b20e3c88", "not stated"))),
+    *(File("createc-spmqt-lhe", path, _PROBEFLOW, blob, sample) for path, blob, sample in (
+        ("test_data/createc_scan_step_20nm.dat", "e2eb869e731a689500afff6ad82e209154f9df08",
+         "not stated (file name: step)"),
+        ("test_data/createc_scan_terrace_109nm.dat",
+         "906c57647579c9fd8ddd508e82209775953712ed", "not stated (file name: terrace)"))),
+    File("nanonis-spmqt", "test_data/sxm_moire_10nm.sxm", _PROBEFLOW,
+         "e3e2f3940fc02015eaeebff77dcd40087f5918e4", "not stated (file name: moire)"),
+    *(File("nanonis-ucf", path, "439caadeb8bdcdb778dc9b26bb1809d2d87459e8", blob, "Au(111)")
+      for path, blob in (
+          ("ExampleDataFiles/STM_Au-111_Flat.sxm", "cc4c40373ca39cfb1dbf6e26d222ba85bdfe8677"),
+          ("ExampleDataFiles/STM_Au-111_Terraced.sxm",
+           "402315cd1ace99e193aa3d866ad926d4cdfd08aa"))),
+    *(File("nanonis-monash", path, "521f85a4edaaf26e7a130278349b0fcb872d2be1", blob, sample)
+      for path, blob, sample in (
+          ("ExampleData/example_TOPO.sxm", "5ced95af11e561f7c6297e22636a5886686c118c",
+           "DCA molecules and Au on Ag(111) (session path in the header)"),
+          ("ExampleData/example_LineProfile.sxm", "b485743267fa20338ee6dfbe158faf93b072ceba",
+           "not stated"),
+          ("ExampleData/example_LineProfile2.sxm", "57848a40f5db846e17c5bc4ecb65eee5f56bd35d",
+           "not stated"),
+          ("ExampleData/example_FFT.sxm", "d87b8dc81ec36be1175e45635879818c39a84fcf",
+           "not stated"))),
+    *(File("rhk-rhkpy", path, "7ff4c0bd968ba528f1f97c630b0b402c7894eee0", blob, sample)
+      for path, blob, sample in (
+          ("test/hopg_300k_2020_08_11_16_04_06_999.sm4",
+           "93913255bffe6bafbdc0d15baaa7cb9620d3c66e", "HOPG at 300 K (file name)"),
+          ("test/topo_ABC_Graphite-Sample5_9K_2021_08_13_19_11_10_065.sm4",
+           "d831333ff26270d0fb1e1deb089a13a628fe57f6", "ABC graphite at 9 K (file name)"),
+          ("test/dI-dV_9K_ABC6_2020_07_02_08_50_47_967.sm4",
+           "e26852ed103d3397b86ab67b269587b2d8e8a0ae",
+           "ABC graphite at 9 K (file name; topograph recorded with a lock-in map)"))),
 )
 
 
@@ -214,10 +292,22 @@ def _frames(path: Path) -> list[tuple[np.ndarray, float, dict[str, object]]]:
     from tests.unit._gwyddion import gwyddion_load
 
     fields = [f for f in gwyddion_load(path) if f.unit_z == "m"]
-    if path.suffix.lower() != ".mul":
+    if path.suffix.lower() == ".sm4":
+        fields = [f for f in fields if "Right" in f.title][:1]
+    elif path.suffix.lower() != ".mul":
         fields = fields[:1]
     return [(np.flipud(f.data), f.xreal, {"frame_size_m": [f.xreal, f.yreal],
                                           "title": f.title.strip(" ,")}) for f in fields]
+
+
+def _padded_createc(raw: bytes) -> bytes:
+    """A Createc file whose text header was shortened (by anonymising it) padded with spaces
+    before its ``DATA`` mark to the format's 16 KiB; other files unchanged."""
+    mark = raw.find(b"DATA")
+    if raw[CREATEC_HEADER_BYTES - 4:CREATEC_HEADER_BYTES] == b"DATA" or not 0 <= mark < (
+            CREATEC_HEADER_BYTES - 4):
+        return raw
+    return raw[:mark] + b" " * (CREATEC_HEADER_BYTES - 4 - mark) + raw[mark:]
 
 
 def _scanned_square(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -268,10 +358,12 @@ def extract(clones: Path, work: Path) -> tuple[dict[str, np.ndarray], list[dict[
     records: list[dict[str, object]] = []
     for file in FILES:
         source = SOURCES[file.source]
-        git_dir = _git_dir(clones, source.repository)
+        repository = file.repository or source.repository
+        git_dir = _git_dir(clones, repository)
         blob = _checked_blob(git_dir, file.commit, file.path, file.blob)
         local = work / Path(file.path).name
-        local.write_bytes(_git(git_dir, "cat-file", "-p", blob))
+        raw = _git(git_dir, "cat-file", "-p", blob)
+        local.write_bytes(_padded_createc(raw) if local.suffix == ".dat" else raw)
         for path, companion in file.companions:
             _checked_blob(git_dir, file.commit, path, companion)
             (work / Path(path).name).write_bytes(_git(git_dir, "cat-file", "-p", companion))
@@ -287,7 +379,7 @@ def extract(clones: Path, work: Path) -> tuple[dict[str, np.ndarray], list[dict[
                 unit_id = frame_id + suffix
                 arrays[unit_id] = out.astype(np.float32)
                 records.append({
-                    "id": unit_id, "source": file.source, "repository": source.repository,
+                    "id": unit_id, "source": file.source, "repository": repository,
                     "path": file.path, "commit": file.commit, "blob": blob,
                     "licence": source.licence, "instrument": source.instrument,
                     "lab": source.lab, "sample": file.sample,
