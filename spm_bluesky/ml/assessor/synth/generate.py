@@ -44,7 +44,7 @@ _STREAM = 707
 GENERATOR = "spm_bluesky.ml.assessor.synth"
 #: Changes whenever the same seed and configuration would render a different frame
 #: (cached sets of another version are rendered again).
-VERSION = 3
+VERSION = 4
 #: Families without isolated features: a ghost copy of a perfect lattice is again a perfect
 #: lattice, which no one can label. Multi-apex frames draw another family.
 FEATURELESS = ("lattice",)
@@ -52,6 +52,12 @@ FEATURELESS = ("lattice",)
 #: images bright. Pits, depressions and dark rings are what a good tip shows of vacancies,
 #: of some adsorbates (CO on Cu(111)) and of the scatterers of standing waves.
 ADSORBATE_SHOWS = ("molecules", "layer", "porous")
+#: Families on which inverted contrast (molecules as depressions) is an adsorbate's mark. On a
+#: close-packed layer or a porous network it is not: the inverted image is again a periodic
+#: pattern of bright and dark, which a good tip shows of a network with dark pores or of a
+#: lattice of adsorbates, so no one could label it from the frame. There an adsorbate shows
+#: only as structureless blobs.
+INVERSION_SHOWS = ("molecules",)
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,10 @@ def render(seed: int, label: int, config: SynthConfig) -> tuple[np.ndarray, Synt
              and bool(rng.random() < config.steps_probability))
     if steps:
         heights += rng.uniform(*config.step_height) * surfaces.terraces(grid, rng)
-    image = tips.TIPS[name](heights, grid.pixel_nm, rng)
+    if name == "adsorbate":
+        image = tips.adsorbate(heights, grid.pixel_nm, rng, invert=family in INVERSION_SHOWS)
+    else:
+        image = tips.TIPS[name](heights, grid.pixel_nm, rng)
     sigma = corrugation * _log_uniform(rng, config.noise_log)
     image, drawn = add_noise(image, sigma, rng)
     changes = 0

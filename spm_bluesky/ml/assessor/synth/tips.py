@@ -4,7 +4,8 @@
 - multi_apex: one or two ghost apexes 0.3 to 3 nm away, each imaging a shifted copy,
   combined as the highest apex (``max``, what a rigid double tip does) or as a sum;
 - blunt: a broad apex, a Gaussian of 0.4 to 1.5 nm (at least 1.2 px, so it shows);
-- adsorbate: changed contrast: molecules as depressions, or round blobs that hide the
+- adsorbate: changed contrast: molecules as depressions (where the caller says inversion
+  shows: on isolated molecules, not on periodic layers), or round blobs that hide the
   inner structure (no dark halos: a good tip shows those around scatterers of standing
   waves);
 - unstable: tip changes during the scan, applied after the instrument noise (see
@@ -59,11 +60,13 @@ def blunt(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator) -> np.
     return _blur(heights, max(_log_uniform(rng, 0.4, 1.5), 1.2 * pixel_nm), pixel_nm)
 
 
-def adsorbate(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator) -> np.ndarray:
-    """Changed contrast: inverted molecules, or structureless round blobs."""
+def adsorbate(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator,
+              invert: bool = True) -> np.ndarray:
+    """Changed contrast: inverted molecules (only if ``invert``), or structureless round
+    blobs."""
     sharp = good(heights, pixel_nm, rng)
     base = np.quantile(sharp, 0.3)
-    if rng.random() < 0.4:  # molecules appear as depressions
+    if rng.random() < 0.4 and invert:  # molecules appear as depressions
         return base - rng.uniform(0.5, 1.0) * (sharp - base)
     blob = _blur(sharp, rng.uniform(0.25, 0.5), pixel_nm)
     top = np.quantile(blob, 0.99) - base or 1.0
