@@ -77,6 +77,25 @@ def test_ghosts_and_adsorbates_are_drawn_on_surfaces_that_can_show_them():
                for seed in range(40))
 
 
+def test_contrast_is_inverted_only_on_isolated_molecules():
+    """An inverted close-packed layer or porous network is again a pattern a good tip shows:
+    there an adsorbate's frame keeps the good frame's sign (blobs, no depressions), while on
+    isolated molecules some frames turn the molecules into depressions."""
+    grid = surfaces.Grid(64, 10.0)
+    signs: dict[bool, list[float]] = {True: [], False: []}
+    for seed in range(30):
+        heights = surfaces.FAMILIES["molecules"](grid, np.random.default_rng(seed))
+        if np.ptp(heights) == 0:  # no molecule landed in this frame
+            continue
+        for invert in (True, False):
+            image = tips.adsorbate(heights, grid.pixel_nm, np.random.default_rng([seed, 1]),
+                                   invert=invert)
+            signs[invert].append(float(np.corrcoef(image.ravel(), heights.ravel())[0, 1]))
+    assert len(signs[False]) >= 15 and min(signs[False]) > 0.3
+    assert sum(c < -0.3 for c in signs[True]) >= 5
+    assert synth.INVERSION_SHOWS == ("molecules",)
+
+
 def test_tip_changes_show_as_line_jumps():
     """An unstable tip's frames have more abrupt line jumps than a good tip's, same seeds."""
     good = unstable = 0
