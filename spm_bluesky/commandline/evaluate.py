@@ -1,5 +1,6 @@
 """``spm-bluesky eval assessor``, ``eval agent`` and ``eval session``: held-out figures."""
 
+import json as jsonlib  # ``json`` is an option's name below
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from spm_bluesky.commandline._common import (
     usage_error,
 )
 from spm_bluesky.ml.assessor.config import TrainConfig
+from spm_bluesky.ml.card import WEIGHTS, card_paths, write_card
 
 
 def _held_out_set(text: str) -> int:
@@ -54,6 +56,10 @@ def eval_assessor(
         None, "--real-set", callback=existing_file, show_default=False,
         help="the real set's arrays (real_set.npz; default: $SPM_REAL_SET, then "
              "shared/data/real-set/real_set.npz beside the checkout); needs --real"),
+    card: bool = typer.Option(
+        False, "--card",
+        help="with --real: write the figures into the weight file's model card (JSON and "
+             "Markdown beside it)"),
 ) -> int:
     """Evaluate the assessor on a fresh held-out twin set, or with --real on real images.
 
@@ -67,12 +73,15 @@ def eval_assessor(
 
     if real_set_path is not None and not real:
         raise usage_error("--real-set", "only applies with --real")
+    if card and not real:
+        raise usage_error("--card", "only applies with --real")
     try:
         assessor = load_assessor(weights)
     except ValueError as err:  # an unsure calibration made for other weights
         raise fail(str(err)) from None
     if real:
-        return _eval_real(assessor, real_set_path, json, png, strict)
+        card_weights = (weights or WEIGHTS) if card else None
+        return _eval_real(assessor, real_set_path, json, png, strict, card_weights)
     tally = UnsureTally(assessor)
     try:
         evaluation = run(tally, images=images, base=seed, json_path=json, png_path=png,
@@ -91,8 +100,6 @@ UNSURE_GOAL = 0.05
 
 def _report_twin_unsure(tally: Any, json_path: Path | None) -> None:
     """Print the twin's unsure rate (and add it to the JSON written by the evaluation)."""
-    import json
-
     rate = tally.rate()
     if rate != rate:  # NaN: no calibration beside the weights
         print("unsure rate on the twin: n/a (no unsure calibration beside the weights)")
@@ -100,16 +107,20 @@ def _report_twin_unsure(tally: Any, json_path: Path | None) -> None:
         print(f"unsure rate on the twin: {rate:.4f} ({sum(tally.unsure)} of "
               f"{len(tally.unsure)} frames; goal <= {UNSURE_GOAL})")
     if json_path is not None:
-        payload = json.loads(json_path.read_text())
+        payload = jsonlib.loads(json_path.read_text())
         payload["unsure_rate"] = None if rate != rate else rate
-        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        json_path.write_text(jsonlib.dumps(payload, indent=2) + "\n")
 
 
 def _eval_real(assessor: Any, arrays: Path | None, json: Path | None, png: Path | None,
-               strict: bool) -> int:
-    """``eval assessor --real``: the figures on the real set, its JSON and contact sheet."""
+               strict: bool, card_weights: Path | None) -> int:
+    """``eval assessor --real``: the figures on the real set, its JSON and contact sheet, and
+    with ``card_weights`` the figures in that weight file's model card."""
     from spm_bluesky.ml.assessor import real_set
 
+    card: dict[str, Any] | None = None
+    if card_weights is not None:  # checked first: nothing is evaluated for a card it can't write
+        card = _card_for(card_weights, assessor.model_id)
     try:
         labelled = real_set.load_real_set(arrays)
     except (real_set.RealSetMissing, ValueError) as err:
@@ -124,8 +135,25 @@ def _eval_real(assessor: Any, arrays: Path | None, json: Path | None, png: Path 
         print(f"wrote {real_set.write_json(evaluation, json)}")
     if png:
         print(f"wrote {real_set.contact_sheet(labelled, png, evaluation)}")
+    if card is not None and card_weights is not None:
+        card["real_set"] = real_set.card_entry(evaluation)
+        print(f"wrote the real-set figures into {write_card(card, card_weights)}")
     met = all(goal["met"] for goal in evaluation.goals().values())
     return 0 if met or not strict else 1
+
+
+def _card_for(weights: Path, model_id: str) -> dict[str, Any]:
+    """The model card of ``weights``, refused (one line) if it is missing or describes other
+    weights than those evaluated."""
+    json_path, _ = card_paths(weights)
+    if not json_path.is_file():
+        raise fail(f"no model card beside {weights} ({json_path.name}): --card adds to the "
+                   "card that 'spm-bluesky train assessor' writes")
+    card: dict[str, Any] = jsonlib.loads(json_path.read_text())
+    if card.get("model_id") != model_id:
+        raise fail(f"the card {json_path} is for {card.get('model_id')}, not for {model_id}: "
+                   "nothing written")
+    return card
 
 
 @eval_app.command("agent")

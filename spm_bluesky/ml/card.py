@@ -129,10 +129,41 @@ def render_markdown(card: dict[str, Any]) -> str:
               "|---|" + "---|" * len(card["classes"])]
     for c, row in zip(card["classes"], metrics["confusion"], strict=True):
         lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
+    if "real_set" in card:
+        lines += _real_set_lines(card["real_set"])
     notes = card.get("notes", [])
     if notes:
         lines += ["", "## Limitations", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _real_set_lines(real: dict[str, Any]) -> list[str]:
+    """The card's real-set section: zero-shot figures on real STM images, per source."""
+    o = real["overall"]
+    lines = ["", "## Real STM images (zero-shot)", "", f"    {real['command']}", "",
+             f"Measured {real['date']} on the real evaluation set ({real['set_images']} images, "
+             f"labels sha256 `{real['labels_sha256'][:12]}`; docs/reference/real-set.md): "
+             f"{o['n_scored']} scored ({o['n_good']} good, {o['n_bad']} bad), "
+             f"{o['n_unclear']} unclear. {real['zero_shot'].capitalize()}.", "",
+             "| figure | value | goal | met |", "|---|---|---|---|"]
+    for name, goal in real["goals"].items():
+        lines.append(f"| {name} | {_figure(goal['value'])} | {goal['target']} | "
+                     f"{'yes' if goal['met'] else 'no'} |")
+    lines += [f"| AUC within sources (mean) | {_figure(real['within_source_auc'])} | | |",
+              f"| accuracy at 0.5 / 0.9 | {_figure(o['accuracy_at']['0.5'])} / "
+              f"{_figure(o['accuracy_at']['0.9'])} | | |",
+              f"| unsure rate | {_figure(real['unsure_rate'])} | | |",
+              "", "| source | good | bad | unclear | balanced accuracy | AUC | unsure |",
+              "|---|---|---|---|---|---|---|"]
+    for name, f in real["by_source"].items():
+        lines.append(f"| {name} | {f['n_good']} | {f['n_bad']} | {f['n_unclear']} | "
+                     f"{_figure(f['balanced_accuracy'])} | {_figure(f['auc'])} | "
+                     f"{_figure(real['unsure_rate_by_source'].get(name))} |")
+    return lines
 
 
 def _counts(counts: dict[str, int]) -> str:

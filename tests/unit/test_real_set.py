@@ -12,6 +12,7 @@ day retraining meets them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -26,6 +27,7 @@ import pytest
 from spm_bluesky.commandline import main as cli
 from spm_bluesky.domain.display import contrast_limits, display_image, levelled
 from spm_bluesky.ml.assessor import real_set as rs
+from spm_bluesky.ml.card import CARD, WEIGHTS, card_paths
 from spm_bluesky.protocols import CLASSES, Assessment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -338,3 +340,43 @@ def test_shipped_assessor_meets_the_real_set_goals(labelled):
 
     goals = rs.evaluate(load_assessor(), labelled).goals()
     assert all(goal["met"] for goal in goals.values()), goals
+
+
+def test_eval_real_writes_its_figures_into_the_model_card(tmp_path, monkeypatch, capsys):
+    """``--card`` adds the real-set figures to the evaluated weights' card (JSON and its
+    Markdown), the same figures as ``--json``; a card of other weights is refused with
+    one line and nothing written."""
+    pytest.importorskip("torch")
+    subset = tmp_path / "real"
+    subset.mkdir()
+    arrays, _, _ = _subset(subset, 12, real=False)
+    monkeypatch.setattr(rs, "REAL_DIR", subset)
+    weights = tmp_path / "copy.pt"
+    weights.write_bytes(WEIGHTS.read_bytes())  # the shipped weights, so the card matches
+    card_json, card_md = card_paths(weights)
+    card_json.write_text(CARD.read_text())
+    out_json = tmp_path / "real.json"
+    code = cli.main(["eval", "assessor", "--real", "--card", "--weights", str(weights),
+                     "--real-set", str(arrays), "--json", str(out_json)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"wrote the real-set figures into {card_json}" in out
+    entry = json.loads(card_json.read_text())["real_set"]
+    measured = json.loads(out_json.read_text())
+    assert entry["overall"] == measured["overall"] and entry["goals"] == measured["goals"]
+    assert entry["by_source"] == measured["by_source"] and "images" not in entry
+    assert entry["labels_sha256"] == hashlib.sha256(
+        (subset / rs.JSON_NAME).read_bytes()).hexdigest()
+    markdown = card_md.read_text()
+    assert "## Real STM images (zero-shot)" in markdown
+    for source in measured["by_source"]:
+        assert f"| {source} |" in markdown
+    # A card describing other weights: refused, untouched.
+    other = json.loads(CARD.read_text()) | {"model_id": "tipnet-000000000000"}
+    card_json.write_text(json.dumps(other))
+    code = cli.main(["eval", "assessor", "--real", "--card", "--weights", str(weights),
+                     "--real-set", str(arrays)])
+    _, err = capsys.readouterr()
+    assert code == 1 and len(err.splitlines()) == 1 and "nothing written" in err
+    assert json.loads(card_json.read_text()) == other
+    assert cli.main(["eval", "assessor", "--card"]) == 2  # only with --real

@@ -18,6 +18,8 @@ per source) and its figures on the images it is sure of.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -53,6 +55,8 @@ ALLOWED_LICENCES = ("MIT", "BSD-2-Clause", "BSD-3-Clause", "Apache-2.0", "CC-BY-
 GOALS: dict[str, float] = {"balanced_accuracy": 0.85, "auc": 0.90,
                            "source_balanced_accuracy": 0.70}
 THRESHOLDS = (0.5, 0.9)
+#: The command that writes a weight file's real-set figures into its model card.
+CARD_COMMAND = "spm-bluesky eval assessor --real --card [--weights PATH]"
 
 
 class RealSetMissing(FileNotFoundError):
@@ -311,6 +315,25 @@ class RealEvaluation:
                     self.ids, self.sources, self.labels, self.p_good, self.top_class,
                     self.probabilities, self.unsure_scores, self.unsure, strict=True)],
         }
+
+
+def card_entry(evaluation: RealEvaluation, labels: Path | str | None = None) -> dict[str, Any]:
+    """The model card's ``real_set`` entry: the figures of ``eval assessor --real`` (overall,
+    within sources, per source, unsure rates, goals), without the per-image verdicts, and
+    which labels they were measured on (the labels file's sha256, its image count), so a
+    card's figures can be told apart from those on a grown set."""
+    labels_path = Path(labels) if labels is not None else REAL_DIR / JSON_NAME
+    labels_bytes = labels_path.read_bytes()
+    figures_json = evaluation.to_json()
+    del figures_json["images"]
+    return {
+        "command": CARD_COMMAND,
+        "date": dt.date.today().isoformat(),
+        "labels_sha256": hashlib.sha256(labels_bytes).hexdigest(),
+        "set_images": len(json.loads(labels_bytes)["images"]),
+        "zero_shot": "no image of the real set was trained on",
+        **figures_json,
+    }
 
 
 @runtime_checkable

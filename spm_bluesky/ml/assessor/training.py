@@ -51,7 +51,8 @@ MIN_BATCH = 8
 #: Limitations recorded in the model card.
 NOTES = [
     "Trained on the digital twin only (Ag(100) with MgPc, 5 to 20 nm frames, 64 or 128 px) "
-    "with domain randomisation and augmentation; not yet measured on real STM images.",
+    "with domain randomisation and augmentation; its figures on real STM images are in the "
+    "card's real-set section, written by spm-bluesky eval assessor --real --card.",
     "An unstable tip is recognised by its streaks and flicker: a frame in which it did not "
     "flip (about one in sixteen at 64 px) looks good and is usually called good.",
     "With no molecule in view (bare terrace) a double tip or an adsorbate cannot show; such "
@@ -62,7 +63,8 @@ NOTES = [
 #: The first note instead, when synthetic frames were trained on too.
 SYNTH_NOTE = ("Trained on the digital twin and on synthetic frames (eight surface families, "
               "real-looking tip defects, instrument noise; spm_bluesky.ml.assessor.synth); "
-              "real-set figures: spm-bluesky eval assessor --real.")
+              "its figures on real STM images are in the card's real-set section, written "
+              "by spm-bluesky eval assessor --real --card.")
 
 
 @dataclass(frozen=True)
