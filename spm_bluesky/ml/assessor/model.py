@@ -35,14 +35,16 @@ SCALE_QUANTILES = (0.01, 0.99)
 MIN_SCALE = 1e-4
 #: Rescaled inputs are clipped to this (spikes, steps).
 CLIP = 4.0
+#: Channels of each convolution, per scale (a stage).
+Stages = tuple[tuple[int, ...], ...]
 #: Convolutions per scale after the space-to-depth step (channels of each).
-STAGES: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128,))
+STAGES: Stages = ((32, 32), (64, 64), (128,))
 DROPOUT = 0.2
 #: Index step between two convolutions of one stage in ``features`` (conv, norm, ReLU); a
 #: larger step means a pooling layer in between, so a new stage.
 _CONV_STEP = 3
-
-Stages = tuple[tuple[int, ...], ...]
+#: Where a network's (and the agent's body's) layers are in its state_dict.
+_FEATURES = "features."
 
 
 def stages_for(width: float) -> Stages:
@@ -53,19 +55,19 @@ def stages_for(width: float) -> Stages:
                  for stage in STAGES)
 
 
-def stages_of(state: Mapping[str, torch.Tensor], prefix: str = "features.") -> Stages:
-    """The stages of the network whose ``features`` state is under ``prefix`` in ``state``.
+def stages_of(state: Mapping[str, torch.Tensor]) -> Stages:
+    """The stages of the network (a TipNet, or the agent's body) whose state is ``state``.
 
     Read from the convolutions' weights (the only 4-d weights) and their positions: a gap
     of more than one conv-norm-ReLU between two convolutions is a pooling layer. So a weight
     file of any width loads without a separate record of its architecture.
     """
     convolutions = sorted(
-        (int(key[len(prefix):].split(".")[0]), int(tensor.shape[0]))
+        (int(key[len(_FEATURES):].split(".")[0]), int(tensor.shape[0]))
         for key, tensor in state.items()
-        if key.startswith(prefix) and key.endswith(".weight") and tensor.dim() == 4)
+        if key.startswith(_FEATURES) and key.endswith(".weight") and tensor.dim() == 4)
     if not convolutions:
-        raise ValueError(f"no convolution weights under {prefix!r}: not a TipNet state")
+        raise ValueError(f"no convolution weights under {_FEATURES!r}: not a TipNet state")
     stages: list[list[int]] = []
     previous = -_CONV_STEP - 1
     for index, channels in convolutions:
