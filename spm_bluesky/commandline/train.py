@@ -28,7 +28,7 @@ from spm_bluesky.commandline._common import (
 )
 from spm_bluesky.commandline.report import TILED_URI_HELP
 from spm_bluesky.ml.agent.card import CARD_EPISODES
-from spm_bluesky.ml.assessor.config import TrainConfig
+from spm_bluesky.ml.assessor.config import GoodWeightOn, TrainConfig
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
 from spm_bluesky.ml.card import WEIGHTS, WEIGHTS_DIR
 from spm_bluesky.services.credentials import CredentialsError, tiled_api_key
@@ -37,8 +37,8 @@ from spm_bluesky.services.launch import data_dir_from
 train_app = typer.Typer(no_args_is_help=True, help="Train a model from twin data.")
 _DEFAULTS = TrainConfig()
 #: Options of training from rendered images, which a fine-tune from Tiled has no use for.
-_TRAINING_ONLY = ("images", "synth_images", "leave_out", "scale_free", "good_weight", "width",
-                  "data", "workers")
+_TRAINING_ONLY = ("images", "synth_images", "leave_out", "scale_free", "good_weight",
+                  "good_weight_on", "width", "data", "workers")
 
 
 @train_app.command("assessor")
@@ -65,6 +65,10 @@ def train_assessor(
         _DEFAULTS.good_weight, parser=positive_float,
         help="loss weight of the good class: 4 gives good and the four bad classes together "
              "equal weight, so p(good) = 0.5 means even odds of good against bad"),
+    good_weight_on: GoodWeightOn = typer.Option(
+        _DEFAULTS.good_weight_on.value, case_sensitive=False,
+        help="which good frames --good-weight weights: all, or only the synthetic ones (the "
+             "twin's frames keep their own odds)"),
     width: float = typer.Option(
         _DEFAULTS.width, parser=positive_float,
         help="scale every layer's channel count by this (1: the shipped network's 32 to 128 "
@@ -131,7 +135,7 @@ def train_assessor(
     config = TrainConfig(seed=seed, images=images, epochs=epochs, workers=workers,
                          synth_images=synth_images, scale_free=scale_free,
                          synth_validation_images=synth_images // 10, good_weight=good_weight,
-                         width=width)
+                         good_weight_on=good_weight_on, width=width)
     if leave_out is not None:
         config = replace(config, synth=config.synth.without(leave_out))
     result = train(config, out=out, data_dir=data, progress=True)

@@ -291,13 +291,42 @@ def test_the_good_weight_is_in_the_loss_and_the_command():
     logits = torch.zeros(5, len(CLASSES))
     labels = torch.arange(len(CLASSES))
     logits[0, 0] = 3.0  # only the good frame is classified well
-    plain = float(loss_for(TrainConfig())(logits, labels))
-    weighted = float(loss_for(TrainConfig(good_weight=4.0))(logits, labels))
+    twin = torch.zeros(5, dtype=torch.bool)
+    plain = float(loss_for(TrainConfig())(logits, labels, twin))
+    weighted = float(loss_for(TrainConfig(good_weight=4.0))(logits, labels, twin))
     # The well-classified good frame holds 4 of 8 weights instead of 1 of 5: lower loss.
     per_frame = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert plain == pytest.approx(float(per_frame.mean()))
     assert weighted == pytest.approx(float((4 * per_frame[0] + per_frame[1:].sum()) / 8))
     assert weighted < plain
+    # torch's own class-weighted loss agrees (the runs before the per-frame form).
+    torch_weighted = torch.nn.CrossEntropyLoss(weight=torch.tensor([4.0, 1, 1, 1, 1]))
+    assert weighted == pytest.approx(float(torch_weighted(logits, labels)))
+
+
+def test_the_good_weight_can_spare_the_twins_frames():
+    """``--good-weight-on synthetic`` weights only synthetic good frames: a twin good frame
+    keeps weight 1, so the twin's odds of good against double tips are as the twin has
+    them; the card's command carries the option and the network's width."""
+    from spm_bluesky.ml.assessor.config import GoodWeightOn, TrainConfig
+    from spm_bluesky.ml.assessor.training import command_for, loss_for
+
+    config = TrainConfig(good_weight=4.0, good_weight_on=GoodWeightOn.SYNTHETIC, width=1.5)
+    command = command_for(config, Path("/tmp/x/assessor.pt"))
+    assert "--good-weight 4 --good-weight-on synthetic" in command
+    assert "--width 1.5" in command
+    assert "--good-weight-on" not in command_for(TrainConfig(good_weight=4.0), Path("/x.pt"))
+    logits = torch.zeros(4, len(CLASSES))
+    logits[:, 0] = 3.0  # all four frames look good
+    labels = torch.tensor([0, 0, 1, 1])  # two good frames, two double tips
+    synthetic = torch.tensor([True, False, True, False])
+    per_frame = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    loss = float(loss_for(config)(logits, labels, synthetic))
+    # Only the synthetic good frame (index 0) is weighted 4: 4 + 1 + 1 + 1 weights.
+    assert loss == pytest.approx(float((4 * per_frame[0] + per_frame[1:].sum()) / 7))
+    everywhere = float(loss_for(TrainConfig(good_weight=4.0))(logits, labels, synthetic))
+    assert everywhere == pytest.approx(float((4 * per_frame[:2].sum() + per_frame[2:].sum()) / 10))
+    assert loss != pytest.approx(everywhere)
 
 
 # -- data sets ---------------------------------------------------------------------------

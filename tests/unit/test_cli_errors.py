@@ -290,7 +290,8 @@ def _closed_port() -> int:
 ])
 def test_a_tiled_address_where_nothing_answers_is_refused_at_once(capsys, tmp_path,
                                                                    monkeypatch, command):
-    """Tiled's client would retry a refused connection for 45 s; the command says so at once."""
+    """Tiled's client would retry a refused connection for 31 to 45 s; the command says so at
+    once (within 20 s: the first import of Tiled's client takes seconds on a busy machine)."""
     monkeypatch.chdir(tmp_path)
     uri = f"http://127.0.0.1:{_closed_port()}/api"
     key = tmp_path / "tiled.key"
@@ -300,7 +301,7 @@ def test_a_tiled_address_where_nothing_answers_is_refused_at_once(capsys, tmp_pa
         args += ["--tiled-uri", uri]
     started = time.monotonic()
     code, out, err = spm(capsys, *args, "--api-key-file", key)
-    assert time.monotonic() - started < 5, "the refusal waited for retries"
+    assert time.monotonic() - started < 20, "the refusal waited for retries"
     assert code in (1, 2), (code, out, err)
     assert_one_line(err)
     assert f"cannot read from Tiled at {uri}: nothing answers at 127.0.0.1:" in err

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from spm_bluesky.ml.assessor.augment import Augmentation
 from spm_bluesky.ml.assessor.data import Randomisation
 from spm_bluesky.ml.assessor.synth.config import SynthConfig
+
+
+class GoodWeightOn(StrEnum):
+    """Which frames of the good class ``TrainConfig.good_weight`` weights."""
+
+    #: Every good frame, twin and synthetic.
+    ALL = "all"
+    #: Only synthetic good frames: the twin's frames keep their own odds, so the network
+    #: still tells the twin's double tips from its good ones, while on unfamiliar surfaces
+    #: (learnt from the synthetic frames) a clean image is good by default.
+    SYNTHETIC = "synthetic"
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,7 @@ class TrainConfig:
     #: prior odds of good against bad are 1 to 4 and an image unlike any seen gets a low
     #: p(good); 4 evens them (a decision at p(good) 0.5 is then good against bad).
     good_weight: float = 1.0
+    good_weight_on: GoodWeightOn = GoodWeightOn.ALL
     #: Factor on every layer's channel count (:func:`~spm_bluesky.ml.assessor.model.stages_for`);
     #: 1 is the shipped network. Wider nets learn more families at some latency.
     width: float = 1.0

@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from spm_bluesky.ml.assessor.assessor import (
     window_logits,
 )
 from spm_bluesky.ml.assessor.augment import augment_batch
-from spm_bluesky.ml.assessor.config import TrainConfig
+from spm_bluesky.ml.assessor.config import GoodWeightOn, TrainConfig
 from spm_bluesky.ml.assessor.evaluation import evaluate_on, held_out_randomisation, synth_figures
 from spm_bluesky.ml.assessor.model import TipNet, stages_for
 from spm_bluesky.ml.assessor.synth import generate as synth
@@ -48,6 +49,8 @@ from spm_bluesky.protocols import CLASSES, GOOD
 
 #: Batches smaller than this are skipped (batch norm needs a few samples).
 MIN_BATCH = 8
+#: A batch's loss from its logits, labels and which of its frames are synthetic.
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 #: Limitations recorded in the model card.
 NOTES = [
     "Trained on the digital twin only (Ag(100) with MgPc, 5 to 20 nm frames, 64 or 128 px) "
@@ -99,14 +102,27 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     return best_t, best_nll
 
 
-def loss_for(config: TrainConfig) -> nn.CrossEntropyLoss:
-    """Cross-entropy, with the good class's loss weighted by ``config.good_weight``
-    (unweighted at 1, as the shipped weights were trained, bit for bit)."""
+def loss_for(config: TrainConfig) -> Loss:
+    """Cross-entropy of a batch, each good frame's loss weighted by ``config.good_weight``
+    (with ``good_weight_on`` synthetic, only the synthetic ones); unweighted at 1, as the
+    shipped weights were trained, bit for bit. The loss is called with the logits, the labels
+    and which frames are synthetic."""
     if config.good_weight == 1.0:
-        return nn.CrossEntropyLoss()
-    weights = torch.ones(len(CLASSES))
-    weights[CLASSES.index(GOOD)] = config.good_weight
-    return nn.CrossEntropyLoss(weight=weights)
+        plain = nn.CrossEntropyLoss()
+        return lambda logits, labels, synthetic: plain(logits, labels)
+    good = CLASSES.index(GOOD)
+    only_synthetic = config.good_weight_on is GoodWeightOn.SYNTHETIC
+
+    def weighted(logits: torch.Tensor, labels: torch.Tensor,
+                 synthetic: torch.Tensor) -> torch.Tensor:
+        chosen = labels == good
+        if only_synthetic:
+            chosen &= synthetic
+        weights = torch.where(chosen, config.good_weight, 1.0)
+        per_frame = nn.functional.cross_entropy(logits, labels, reduction="none")
+        return (weights * per_frame).sum() / weights.sum()
+
+    return weighted
 
 
 def _flatten(*datasets: ds.Dataset) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -172,6 +188,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
     synth_val = _synth_set(ds.VALIDATION, config.seed, config.synth_validation_images, config,
                            data_dir)
     images, sizes, labels = _flatten(train_set, synth_train)
+    is_synthetic = np.arange(len(images)) >= len(images) - len(synth_train)
     val_inputs = prepared(val_set) + prepared(synth_val)
     val_labels = _flatten(val_set, synth_val)[2]
 
@@ -205,7 +222,7 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
             x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(labels[index])
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, y, torch.from_numpy(is_synthetic[index]))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -338,6 +355,10 @@ def command_for(config: TrainConfig, out: Path) -> str:
         command += " --scale-free"
     if config.good_weight != 1.0:
         command += f" --good-weight {config.good_weight:g}"
+        if config.good_weight_on is not GoodWeightOn.ALL:
+            command += f" --good-weight-on {config.good_weight_on.value}"
+    if config.width != 1.0:
+        command += f" --width {config.width:g}"
     left_out = [f for f in FAMILY_NAMES if f not in config.synth.families]
     if left_out:
         command += "".join(f" --leave-out {f}" for f in left_out)
