@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-set", type=Path, default=None,
-                        help="real_set.npz (default: $SPM_REAL_SET, then the shared folder)")
+                        help="real_set.npz (default: $SPM_REAL_SET, then the checkout's)")
     parser.add_argument("--weights", type=Path, default=None, help="base weights (shipped)")
     parser.add_argument("--splits", type=int, default=3, help="seeded splits per source")
     parser.add_argument("--min-images", type=int, default=8,

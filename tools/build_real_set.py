@@ -1,8 +1,9 @@
 """Rebuild the real evaluation set (the arrays, real_set.npz, and tests/data/real/real_set.json).
 
-The labels file is this repository's; the arrays are cut from other repositories' files and
-are not committed: write them outside the checkout (``--arrays``) and point
-``$SPM_REAL_SET`` or ``spm-bluesky eval assessor --real --real-set`` at them.
+The labels file is this repository's; the arrays are cut from other repositories' files
+(permissive licences, credited in ``NOTICE``) and kept beside it, ``tests/data/real/real_set.npz``
+(``--arrays`` writes them elsewhere, for ``$SPM_REAL_SET`` or ``spm-bluesky eval assessor
+--real --real-set``).
 
 Every image comes from a file in a public git repository whose licence allows it here; the
 file is read at a recorded commit and checked against its recorded git blob id, so a rebuild
@@ -16,7 +17,7 @@ directory is ``owner+name/repo``), e.g.::
              FAIRmat-NFDI/pynxtools-stm; do
         git clone --bare https://github.com/$r clones/${r/\\//+}
     done
-    python tools/build_real_set.py clones --arrays ../real-set/real_set.npz
+    python tools/build_real_set.py clones
 
 How each image is extracted (see :func:`extract`):
 
@@ -396,9 +397,8 @@ def main() -> None:
     parser.add_argument("clones", type=Path, help="folder of git clones named owner+name")
     parser.add_argument("--out", type=Path, default=REAL_DIR,
                         help="folder of the labels file (real_set.json)")
-    parser.add_argument("--arrays", type=Path, required=True,
-                        help=f"the arrays file to write ({NPZ_NAME}; keep it out of the "
-                             "repository)")
+    parser.add_argument("--arrays", type=Path, default=REAL_DIR / NPZ_NAME,
+                        help=f"the arrays file to write (default: {NPZ_NAME} beside the labels)")
     args = parser.parse_args()
     json_path = args.out / JSON_NAME
     old = json.loads(json_path.read_text()) if json_path.is_file() else {}

@@ -55,7 +55,7 @@ def eval_assessor(
     real_set_path: Path | None = typer.Option(
         None, "--real-set", callback=existing_file, show_default=False,
         help="the real set's arrays (real_set.npz; default: $SPM_REAL_SET, then "
-             "shared/data/real-set/real_set.npz beside the checkout); needs --real"),
+             "tests/data/real/real_set.npz of the checkout); needs --real"),
     card: bool = typer.Option(
         False, "--card",
         help="with --real: write the figures into the weight file's model card (JSON and "

@@ -1,10 +1,9 @@
 """The real evaluation set and ``spm-bluesky eval assessor --real``.
 
 (a) the set: its labels file (in the repository: always checked) has enough images from
-enough instruments, allowed licences and every source credited; its arrays (not in the
-repository: found through ``--real-set``, ``$SPM_REAL_SET`` or the shared data folder; the
-tests that need them skip, naming where they looked, when they are absent) hold plain float32
-topographs matching the labels; (b) the figures against hand computations, and the command
+enough instruments, allowed licences and every source credited; its arrays (beside the labels
+in the repository, or where ``$SPM_REAL_SET`` points) hold plain float32 topographs matching
+the labels; (b) the figures against hand computations, and the command
 end to end on synthetic arrays (always) and on the real ones; (c) the goals of the real set
 with the shipped weights, expected to fail today (strict xfail: it turns into a failure the
 day retraining meets them).
@@ -33,16 +32,6 @@ from spm_bluesky.protocols import CLASSES, Assessment
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _real_arrays() -> Path:
-    """The real arrays, or a skip saying where they were looked for and where they come from."""
-    try:
-        return rs.find_arrays()
-    except rs.RealSetMissing as err:
-        pytest.skip(f"{err} (they are cut from the public repositories listed in "
-                    "tests/data/real/SOURCES.md; the steering repository places them in "
-                    "shared/data/real-set)")
-
-
 @pytest.fixture(scope="module")
 def meta() -> dict[str, Any]:
     """The labels file: in the repository, so these checks always run."""
@@ -51,7 +40,7 @@ def meta() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def labelled() -> rs.RealSet:
-    return rs.load_real_set(_real_arrays())
+    return rs.load_real_set(rs.find_arrays())
 
 
 def _synthetic_arrays(records: list[dict[str, Any]], seed: int = 0) -> dict[str, np.ndarray]:
@@ -76,7 +65,7 @@ def _subset(directory: Path, every: int, real: bool) -> tuple[Path, Path, list[s
     meta["images"] = meta["images"][::every]
     ids = [u["id"] for u in meta["images"]]
     if real:
-        with np.load(_real_arrays(), allow_pickle=False) as arrays:
+        with np.load(rs.find_arrays(), allow_pickle=False) as arrays:
             chosen = {i: arrays[i] for i in ids}
     else:
         chosen = _synthetic_arrays(meta["images"])
@@ -89,7 +78,7 @@ def _subset(directory: Path, every: int, real: bool) -> tuple[Path, Path, list[s
 # --- (a) the set --------------------------------------------------------------------------
 
 def test_the_set_holds_plain_arrays_only():
-    path = _real_arrays()
+    path = rs.find_arrays()
     with zipfile.ZipFile(path) as archive:
         for name in archive.namelist():
             with archive.open(name) as member:
@@ -100,9 +89,13 @@ def test_the_set_holds_plain_arrays_only():
         assert sorted(arrays.files) == sorted(u["id"] for u in rs.load_labels()["images"])
 
 
-def test_no_arrays_are_in_the_repository():
-    """The arrays are cut from other repositories' files: they stay out of this one."""
-    assert not list((REPO / "tests").rglob("*.npz"))
+def test_the_arrays_in_the_repository_are_small_and_found_by_default(monkeypatch):
+    """The arrays ship beside the labels (issue 11: a few MB), so the figures are measured
+    wherever the tests run; no other arrays file is in the repository."""
+    monkeypatch.delenv(rs.ARRAYS_ENV, raising=False)
+    assert list((REPO / "tests").rglob("*.npz")) == [rs.REPO_ARRAYS]
+    assert rs.find_arrays() == rs.REPO_ARRAYS
+    assert rs.REPO_ARRAYS.stat().st_size < 6_000_000
 
 
 def test_enough_images_from_enough_instruments(meta):
@@ -186,13 +179,14 @@ def test_loading_refuses_arrays_that_do_not_match_the_labels(tmp_path):
 
 
 def test_the_arrays_are_found_in_order(tmp_path, monkeypatch):
-    given, env, shared = (tmp_path / name / rs.NPZ_NAME for name in ("given", "env", "shared"))
-    for path in (given, env, shared):
+    given, env, checkout = (tmp_path / name / rs.NPZ_NAME
+                            for name in ("given", "env", "checkout"))
+    for path in (given, env, checkout):
         path.parent.mkdir()
         path.write_bytes(b"")
-    monkeypatch.setattr(rs, "SHARED_ARRAYS", shared)
+    monkeypatch.setattr(rs, "REPO_ARRAYS", checkout)
     monkeypatch.delenv(rs.ARRAYS_ENV, raising=False)
-    assert rs.find_arrays() == shared
+    assert rs.find_arrays() == checkout
     monkeypatch.setenv(rs.ARRAYS_ENV, str(env))
     assert rs.find_arrays() == env
     assert rs.find_arrays(given) == given
@@ -203,8 +197,8 @@ def test_the_arrays_are_found_in_order(tmp_path, monkeypatch):
     assert "\n" not in message and str(env) in message and "$SPM_REAL_SET" in message
     assert "tools/build_real_set.py" in message
     monkeypatch.delenv(rs.ARRAYS_ENV)
-    shared.unlink()
-    with pytest.raises(rs.RealSetMissing, match=f"not at {shared} \\(the shared folder"):
+    checkout.unlink()
+    with pytest.raises(rs.RealSetMissing, match=f"not at {checkout} \\(the checkout's copy"):
         rs.find_arrays()
 
 

@@ -4,10 +4,10 @@ Two files. ``real_set.json`` (in ``tests/data/real/`` of a source checkout: per 
 source repository, path, commit, licence, instrument, sample, scan size, pixels, and the label
 given by eye with its confidence and reason) is the source of truth for the labels.
 ``real_set.npz`` holds only the arrays: one float32 array of heights in metres per image,
-keyed by image id (read with ``allow_pickle=False``). The arrays are cut from files of other
-public repositories, so they are not part of this repository: :func:`find_arrays` looks for
-them at an explicit path, then ``$SPM_REAL_SET``, then ``shared/data/real-set/real_set.npz``
-beside the checkout. ``tools/build_real_set.py`` rebuilds them from the public repositories.
+keyed by image id (read with ``allow_pickle=False``), 4 MB, cut from files of other public
+repositories under their permissive licences (``NOTICE``) and kept beside the labels:
+:func:`find_arrays` takes an explicit path, then ``$SPM_REAL_SET``, then that copy.
+``tools/build_real_set.py`` rebuilds them from the public repositories.
 
 Good versus bad: ``good`` is the positive class; ``multi_apex``, ``blunt``, ``adsorbate`` and
 ``unstable`` are bad; ``unclear`` images are shown but not scored. An image counts as called
@@ -42,8 +42,8 @@ NPZ_NAME = "real_set.npz"
 JSON_NAME = "real_set.json"
 #: The environment variable naming the arrays file.
 ARRAYS_ENV = "SPM_REAL_SET"
-#: Where the arrays are looked for last: the shared data folder beside the checkout.
-SHARED_ARRAYS = _ROOT.parent / "shared" / "data" / "real-set" / NPZ_NAME
+#: Where the arrays are looked for last: beside the labels, in a source checkout.
+REPO_ARRAYS = REAL_DIR / NPZ_NAME
 BUILD_HINT = "build them with tools/build_real_set.py"
 UNCLEAR = "unclear"
 #: Labels an image can have: the assessor's classes and ``unclear``.
@@ -95,7 +95,7 @@ class RealSet:
 
 def find_arrays(path: Path | str | None = None) -> Path:
     """The arrays file: ``path`` if given, else ``$SPM_REAL_SET`` if set, else
-    :data:`SHARED_ARRAYS`. The first of these that is given is the one used (a named file
+    :data:`REPO_ARRAYS`. The first of these that is given is the one used (a named file
     that is absent is an error, never passed over); :class:`RealSetMissing` says, in one
     line, where it looked and how to build the arrays."""
     env = os.environ.get(ARRAYS_ENV)
@@ -104,11 +104,11 @@ def find_arrays(path: Path | str | None = None) -> Path:
     elif env:
         chosen, how = Path(env), f"${ARRAYS_ENV}"
     else:
-        chosen, how = SHARED_ARRAYS, f"the shared folder: no path given, ${ARRAYS_ENV} unset"
+        chosen, how = REPO_ARRAYS, f"the checkout's copy: no path given, ${ARRAYS_ENV} unset"
     if not chosen.is_file():
         raise RealSetMissing(
             f"the real evaluation set's arrays are not at {chosen} ({how}); {BUILD_HINT} "
-            f"CLONES --arrays PATH and pass --real-set PATH or set {ARRAYS_ENV}=PATH")
+            f"CLONES [--arrays PATH] (then pass --real-set PATH or set {ARRAYS_ENV}=PATH)")
     return chosen
 
 
@@ -383,8 +383,15 @@ def with_veto(evaluation: RealEvaluation, real_set: RealSet) -> RealEvaluation:
     network."""
     vetoed = np.stack([physics.veto(p, item.image) for p, item
                        in zip(evaluation.probabilities, real_set.images, strict=True)])
-    return _evaluation(evaluation.model_id + "+veto", real_set, vetoed,
-                       evaluation.unsure_scores, evaluation.unsure)
+    return reevaluated(evaluation, real_set, vetoed, evaluation.model_id + "+veto")
+
+
+def reevaluated(evaluation: RealEvaluation, real_set: RealSet, probabilities: np.ndarray,
+                model_id: str) -> RealEvaluation:
+    """The figures of other probabilities ``(n, 5)`` for the same images (a veto, or a
+    combination of assessors), the unsure verdicts kept."""
+    return _evaluation(model_id, real_set, probabilities, evaluation.unsure_scores,
+                       evaluation.unsure)
 
 
 def write_json(evaluation: RealEvaluation, path: Path | str) -> Path:
