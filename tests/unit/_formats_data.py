@@ -1,10 +1,8 @@
 """The real STM files the format tests read, and a small synthetic Createc file.
 
-The files under tests/data/formats come from PyPI source distributions (see SOURCES.md
-there). The real Createc ``.dat`` has no such source: it is not in this repository and is
-expected in the shared data folder beside the checkout (``<repo>/../shared/data/formats``,
-placed by the steering repository); the tests that need it skip, naming that path, when it is
-absent. The Createc error-path tests use :func:`synthetic_createc` instead, so they always run.
+The files under tests/data/formats come from PyPI source distributions and, for the real
+Createc ``.dat``, from a public repository (see SOURCES.md there). The Createc error-path tests
+use :func:`synthetic_createc`, a file made after the format's description.
 """
 
 from __future__ import annotations
@@ -19,46 +17,20 @@ from spm_bluesky.formats.createc import HEADER_BYTES, MAGIC
 
 _REPO = Path(__file__).resolve().parents[2]
 DATA = _REPO / "tests" / "data" / "formats"
-#: The shared data folder's formats directory (read-only; absent on most machines).
-SHARED_FORMATS = _REPO.parent / "shared" / "data" / "formats"
 
 SXM_GENERIC4 = DATA / "A151216.123306-02602.sxm"
 SXM_GENERIC5 = DATA / "Au_mica_2023_Y_A_diPAMY_20230512_058.sxm"
 GWY_GWYDDION = DATA / "test.gwy"
+#: A Createc LT-STM frame on Cu(111) (py_createc's sample data, MIT).
+CREATEC_CU111 = DATA / "A200619.213320.dat"
 SXM_FILES = (SXM_GENERIC4, SXM_GENERIC5)
-COMMITTED_FILES = (SXM_GENERIC4, SXM_GENERIC5, GWY_GWYDDION)
-
-CREATEC_NAME = "A200619.213320.dat"
-CREATEC_SOURCE = ("github.com/chenxu2394/py_createc examples/sample_data/A200619.213320.dat "
-                  "at 91125c48362a0785db34671171bc10012761539a (MIT)")
-
-
-def shared_data_file(name: str) -> Path | None:
-    """``<repo>/../shared/data/formats/NAME`` if it is there, else None."""
-    path = SHARED_FORMATS / name
-    return path if path.is_file() else None
-
-
-#: Where the real Createc file is expected (it may be absent: see :data:`needs_createc`).
-CREATEC_CU111 = SHARED_FORMATS / CREATEC_NAME
-HAVE_CREATEC = shared_data_file(CREATEC_NAME) is not None
-CREATEC_MISSING = (f"the real Createc file is not at {CREATEC_CU111} (it is not in this "
-                   f"repository; the steering repository places it there; source: "
-                   f"{CREATEC_SOURCE})")
-#: Mark for a test that reads the real Createc file.
-needs_createc = pytest.mark.skipif(not HAVE_CREATEC, reason=CREATEC_MISSING)
-
-#: The real files present here: the committed ones, and the Createc file when it is shared.
-ALL_FILES = (*COMMITTED_FILES, CREATEC_CU111) if HAVE_CREATEC else COMMITTED_FILES
+ALL_FILES = (SXM_GENERIC4, SXM_GENERIC5, GWY_GWYDDION, CREATEC_CU111)
 
 
 def real_file_params(*, createc: bool = True) -> list[object]:
-    """Every real file as a ``pytest.param`` named by its file; the Createc file is always
-    listed (with ``createc``) and skips, with the reason, when it is absent."""
-    params: list[object] = [pytest.param(p, id=p.name) for p in COMMITTED_FILES]
-    if createc:
-        params.append(pytest.param(CREATEC_CU111, id=CREATEC_NAME, marks=needs_createc))
-    return params
+    """Every real file as a ``pytest.param`` named by its file (without the Createc file
+    unless ``createc``)."""
+    return [pytest.param(p, id=p.name) for p in ALL_FILES if createc or p != CREATEC_CU111]
 
 
 def synthetic_createc(path: Path, nx: int = 24, ny: int = 16, seed: int = 0,

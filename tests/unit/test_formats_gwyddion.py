@@ -18,7 +18,6 @@ import pytest
 from spm_bluesky.formats import ScanFile, read_scan, write_gwy, write_sxm
 from tests.unit._formats_data import (
     CREATEC_CU111,
-    needs_createc,
     real_file_params,
     synthetic_createc,
 )
@@ -85,7 +84,7 @@ def test_gwyddion_reads_the_real_files_as_we_do(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", [
-    pytest.param(CREATEC_CU111, id="real", marks=needs_createc), "synthetic"])
+    pytest.param(CREATEC_CU111, id="real"), "synthetic"])
 def test_gwyddion_reads_the_createc_heights_as_we_do(path: Path | str, tmp_path: Path) -> None:
     """Gwyddion's createc module converts the DAC counts itself (in double precision)."""
     if path == "synthetic":

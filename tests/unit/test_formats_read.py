@@ -15,12 +15,12 @@ from scipy.signal import find_peaks
 
 from spm_bluesky.formats import ScanFile, file_sha256, read_scan
 from tests.unit._formats_data import (
+    ALL_FILES,
     CREATEC_CU111,
     GWY_GWYDDION,
     SXM_FILES,
     SXM_GENERIC4,
     SXM_GENERIC5,
-    needs_createc,
     real_file_params,
     synthetic_createc,
 )
@@ -106,7 +106,6 @@ def test_createc_layout_and_units_on_a_synthetic_file(tmp_path: Path) -> None:
                                            -50 * 20 / 2**20 * 1e-10 * 10 * 30.0))
 
 
-@needs_createc
 def test_createc_header_constants() -> None:
     scan = read_scan(CREATEC_CU111)
     assert scan.instrument.startswith("Createc")
@@ -153,7 +152,6 @@ def _fit_step_height(z: np.ndarray, first_guess: float) -> float:
     return abs(float(step))
 
 
-@needs_createc
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_createc_cu111_steps_are_monatomic(direction: str) -> None:
     """Heights from the DAC counts through the header's gain and piezo constant give the
@@ -173,7 +171,7 @@ def test_every_committed_file_is_cited_with_its_sha256() -> None:
     sources = (data / "SOURCES.md").read_text()
     notice = (data.parents[2] / "NOTICE").read_text()
     files = sorted(p for p in data.iterdir() if p.name != "SOURCES.md")
-    assert files == sorted((SXM_GENERIC4, SXM_GENERIC5, GWY_GWYDDION))
+    assert files == sorted(ALL_FILES)
     for path in files:
         assert f"`{path.name}` ({path.stat().st_size:,} B".replace(",", " ") in sources, path
         assert file_sha256(path) in sources and path.name in notice, path
