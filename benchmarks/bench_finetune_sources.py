@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spm_bluesky.ml.assessor.assessor import TipNetAssessor, load_assessor
+from spm_bluesky.ml.assessor.assessor import TipNetAssessor, load_network
 from spm_bluesky.ml.assessor.finetune import (
     FinetuneConfig,
     FinetuneError,
@@ -69,7 +69,7 @@ def main() -> None:
                         help="scored images a source needs to take part")
     args = parser.parse_args()
 
-    base = load_assessor(args.weights, calibrated=False)
+    base = load_network(args.weights, calibrated=False)
     net = base_network(args.weights)
     rows = []
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from spm_bluesky.commandline._common import (
 )
 from spm_bluesky.commandline.report import TILED_URI_HELP
 from spm_bluesky.ml.agent.card import CARD_EPISODES
-from spm_bluesky.ml.assessor.config import GoodWeightOn, TrainConfig
+from spm_bluesky.ml.assessor.config import GateConfig, GoodWeightOn, TrainConfig
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
 from spm_bluesky.ml.card import WEIGHTS, WEIGHTS_DIR
 from spm_bluesky.services.credentials import CredentialsError, tiled_api_key
@@ -36,6 +36,7 @@ from spm_bluesky.services.launch import data_dir_from
 
 train_app = typer.Typer(no_args_is_help=True, help="Train a model from twin data.")
 _DEFAULTS = TrainConfig()
+_GATE = GateConfig()
 #: Options of training from rendered images, which a fine-tune from Tiled has no use for.
 _TRAINING_ONLY = ("images", "synth_images", "leave_out", "scale_free", "good_weight",
                   "good_weight_on", "width", "data", "workers")
@@ -255,6 +256,57 @@ def train_unsure(
           f"threshold {calibration.threshold:.4g} (quantile {calibration.quantile:g} of "
           f"{calibration.threshold_frames} validation frames; {calibration.twin_rate:.1%} "
           "of them unsure)")
+
+
+@train_app.command("gate")
+def train_gate(
+    generalist: Path = typer.Option(
+        ..., callback=existing_file, show_default=False,
+        help="the generalist's weight file (spm-bluesky train assessor --synth-images ...)"),
+    out: Path = typer.Option(..., show_default=False,
+                             help="the gate file to write (.npz; its card goes beside it)"),
+    specialist: Path = typer.Option(WEIGHTS, callback=existing_file,
+                                    help="the specialist's weight file",
+                                    show_default="the shipped assessor.pt"),
+    seed: int = typer.Option(_GATE.seed, parser=non_negative_int,
+                             help="base of the validation sets the gate is fitted on"),
+    fit_frames: int = typer.Option(_GATE.fit_frames, parser=positive_int,
+                                   help="twin frames and synthetic frames fitted on (each)"),
+    threshold: float = typer.Option(
+        _GATE.threshold, parser=positive_float,
+        help="frames with p(twin) under this go to the generalist (0 to 1)"),
+    data: Path | None = typer.Option(
+        None, help="directory to keep the rendered sets in (.npz shards) and reuse",
+        show_default=False),
+    workers: int = typer.Option(_GATE.workers, parser=positive_int,
+                                help="processes rendering twin images"),
+) -> None:
+    """Fit the gate of a gated assessor: the specialist judges images like the twin's, the
+    generalist the rest.
+
+    The gate learns on the specialist's features to tell twin validation frames from
+    synthetic ones (no real image), then the pair is measured on held-out twin and synthetic
+    frames for its model card. Use the gate file wherever an assessor's weight file goes
+    (--assessor, eval assessor --weights).
+    """
+    from spm_bluesky.ml.assessor.gate_training import card_summary
+    from spm_bluesky.ml.assessor.gate_training import train_gate as fit_gate
+    from spm_bluesky.ml.card import read_card
+
+    if out.suffix != ".npz":
+        raise usage_error("--out", f"a gate file ends in .npz, not {out.name!r}")
+    if not 0 < threshold < 1:
+        raise usage_error("--threshold", f"{threshold:g} is not between 0 and 1")
+    if specialist.resolve() == generalist.resolve():
+        raise fail("--specialist and --generalist are the same file: a gate needs two "
+                   "networks", 2)
+    config = GateConfig(seed=seed, fit_frames=fit_frames, threshold=threshold, workers=workers)
+    try:
+        result = fit_gate(generalist, out, specialist, config, data, progress=True)
+    except (ValueError, RuntimeError) as err:  # a file that is not an assessor's weights
+        raise fail(f"cannot fit the gate: {err}", 2) from None
+    print(f"wrote {result.gate} ({result.model_id}), card {result.card}; "
+          f"{card_summary(read_card(result.gate))}; {result.wall_time_s:.0f} s")
 
 
 @train_app.command("agent")

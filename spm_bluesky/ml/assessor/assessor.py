@@ -13,12 +13,15 @@ bigger frames are judged on their central 20 nm); the windows' opinions are comb
 With a calibration beside the weights (``assessor.unsure.npz``, see
 :mod:`spm_bluesky.ml.assessor.unsure`) every assessment also carries an out-of-distribution
 score and ``unsure`` when the frame is unlike the twin images the network learnt from.
+``load_assessor("gate.npz")`` gives two networks behind a gate instead
+(:mod:`spm_bluesky.ml.assessor.gate`); both kinds are :class:`FrameAssessor`.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,61 +104,34 @@ def window_outputs(model: TipNet, windows: np.ndarray) -> tuple[np.ndarray, np.n
     return np.concatenate(logits), np.concatenate(features)
 
 
-class TipNetAssessor:
-    """Judges STM images: calibrated probabilities of the five tip classes.
-
-    Thread use is torch's global setting (``torch.set_num_threads``); at batch 1 one thread
-    is fastest. With an :class:`~spm_bluesky.ml.assessor.unsure.UnsureCalibration` every
-    assessment carries its unsure score and verdict.
-    """
-
-    def __init__(self, model: TipNet, model_id: str,
-                 calibration: UnsureCalibration | None = None) -> None:
-        self._model = model.eval()
-        self._net = inference_copy(self._model)
-        self._model_id = model_id
-        self.calibration = calibration
+class FrameAssessor(ABC):
+    """What every assessor of prepared frames shares: :meth:`assess` and :meth:`assess_batch`
+    on top of :meth:`judge` (calibrated probabilities and unsure scores of prepared frames) and
+    :meth:`is_unsure`."""
 
     @property
+    @abstractmethod
     def model_id(self) -> str:
-        """Name and weight-file sha256 prefix, recorded with every assessment."""
-        return self._model_id
+        """Recorded with every assessment (provenance)."""
+
+    @abstractmethod
+    def judge(self, prepared: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities ``(frames, 5)`` and unsure scores ``(frames,)`` (NaN
+        without a calibration) for prepared frames."""
+
+    @abstractmethod
+    def is_unsure(self, scores: np.ndarray) -> np.ndarray:
+        """Which unsure scores are over the calibrated threshold."""
 
     @property
-    def temperature(self) -> float:
-        """The calibration temperature fitted on the validation split."""
-        temperature = self._model.temperature
-        assert isinstance(temperature, torch.Tensor)  # a registered buffer
-        return float(temperature)
+    @abstractmethod
+    def abstains(self) -> bool:
+        """True if the assessor gives unsure scores (it has an unsure calibration)."""
 
     def probabilities(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         """Calibrated probabilities ``(frames, 5)`` for prepared frames (each a
         ``(k, 64, 64)`` stack of windows from :func:`spm_bluesky.domain.processing.prepare`)."""
         return self.judge(prepared)[0]
-
-    def window_features(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
-        """Penultimate features ``(windows, k)`` of every window of the prepared frames."""
-        if len(prepared) == 0:
-            return np.zeros((0, self._model.head.in_features))
-        return window_outputs(self._net, np.concatenate(prepared))[1]
-
-    def judge(self, prepared: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities ``(frames, 5)`` and unsure scores ``(frames,)`` (NaN
-        without a calibration) for prepared frames, in one forward pass."""
-        if len(prepared) == 0:
-            return np.zeros((0, len(CLASSES))), np.zeros(0)
-        counts = [len(p) for p in prepared]
-        logits, features = window_outputs(self._net, np.concatenate(prepared))
-        probabilities = calibrate(frame_scores(logits, counts), self.temperature)
-        if self.calibration is None:
-            return probabilities, np.full(len(prepared), np.nan)
-        return probabilities, self.calibration.frame_scores(features, counts)
-
-    def is_unsure(self, scores: np.ndarray) -> np.ndarray:
-        """Which unsure scores are over the calibrated threshold (all False without one)."""
-        if self.calibration is None:
-            return np.zeros(len(scores), dtype=bool)
-        return np.asarray(scores) > self.calibration.threshold
 
     def assess(self, image_m: np.ndarray, scan_size_m: float) -> Assessment:
         """Judge one square frame of heights in metres whose edge is ``scan_size_m`` (m).
@@ -179,8 +155,73 @@ class TipNetAssessor:
         sizes = list(scan_size_m) if isinstance(scan_size_m, Sequence) else scan_size_m
         frames = images if isinstance(images, np.ndarray) else list(images)
         probabilities, scores = self.judge(processing.prepare_batch(frames, sizes))
-        return [Assessment.from_vector(p, self._model_id, s, u)
+        return [Assessment.from_vector(p, self.model_id, s, u)
                 for p, s, u in zip(probabilities, scores, self.is_unsure(scores), strict=True)]
+
+
+class TipNetAssessor(FrameAssessor):
+    """Judges STM images: calibrated probabilities of the five tip classes.
+
+    Thread use is torch's global setting (``torch.set_num_threads``); at batch 1 one thread
+    is fastest. With an :class:`~spm_bluesky.ml.assessor.unsure.UnsureCalibration` every
+    assessment carries its unsure score and verdict.
+    """
+
+    def __init__(self, model: TipNet, model_id: str,
+                 calibration: UnsureCalibration | None = None) -> None:
+        self._model = model.eval()
+        self._net = inference_copy(self._model)
+        self._model_id = model_id
+        self.calibration = calibration
+
+    @property
+    def model_id(self) -> str:
+        """Name and weight-file sha256 prefix, recorded with every assessment."""
+        return self._model_id
+
+    @property
+    def abstains(self) -> bool:
+        """True with an unsure calibration."""
+        return self.calibration is not None
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature fitted on the validation split."""
+        temperature = self._model.temperature
+        assert isinstance(temperature, torch.Tensor)  # a registered buffer
+        return float(temperature)
+
+    def window_features(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Penultimate features ``(windows, k)`` of every window of the prepared frames."""
+        if len(prepared) == 0:
+            return np.zeros((0, self._model.head.in_features))
+        return window_outputs(self._net, np.concatenate(prepared))[1]
+
+    def judge(self, prepared: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities ``(frames, 5)`` and unsure scores ``(frames,)`` (NaN
+        without a calibration) for prepared frames, in one forward pass."""
+        return self.judge_windows(prepared)[:2]
+
+    def judge_windows(
+        self, prepared: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`judge`, and the penultimate features ``(windows, k)`` of every window of
+        the frames (in order) from the same forward pass."""
+        if len(prepared) == 0:
+            return (np.zeros((0, len(CLASSES))), np.zeros(0),
+                    np.zeros((0, self._model.head.in_features)))
+        counts = [len(p) for p in prepared]
+        logits, features = window_outputs(self._net, np.concatenate(prepared))
+        probabilities = calibrate(frame_scores(logits, counts), self.temperature)
+        if self.calibration is None:
+            return probabilities, np.full(len(prepared), np.nan), features
+        return probabilities, self.calibration.frame_scores(features, counts), features
+
+    def is_unsure(self, scores: np.ndarray) -> np.ndarray:
+        """Which unsure scores are over the calibrated threshold (all False without one)."""
+        if self.calibration is None:
+            return np.zeros(len(scores), dtype=bool)
+        return np.asarray(scores) > self.calibration.threshold
 
 
 def serialise(model: nn.Module) -> bytes:
@@ -191,8 +232,8 @@ def serialise(model: nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def load_assessor(path: Path | str | None = None, calibrated: bool = True) -> TipNetAssessor:
-    """An :class:`TipNetAssessor` from a weight file (default: the shipped ``assessor.pt``).
+def load_network(path: Path | str | None = None, calibrated: bool = True) -> TipNetAssessor:
+    """A :class:`TipNetAssessor` from a weight file (default: the shipped ``assessor.pt``).
 
     The file is a ``TipNet`` state_dict, read with ``torch.load(weights_only=True)``
     (no arbitrary unpickling); the unsure calibration beside it, if there is one, comes
@@ -211,7 +252,21 @@ def load_assessor(path: Path | str | None = None, calibrated: bool = True) -> Ti
     return TipNetAssessor(model, model_id, calibration)
 
 
-def assessor_by_name(name: str) -> TipNetAssessor:
-    """The assessor named ``name``: ``"shipped"`` (the shipped weights) or a weight file's
-    path. For commands and plans that take the assessor as a string."""
+def load_assessor(path: Path | str | None = None, calibrated: bool = True) -> FrameAssessor:
+    """The assessor of a file (default: the shipped weights): a gate file (``.npz``,
+    :mod:`spm_bluesky.ml.assessor.gate`) gives the gated pair of networks, a weight file one
+    network (:func:`load_network`)."""
+    if path is not None and Path(path).suffix == ".npz":
+        from spm_bluesky.ml.assessor.gate import load_gated
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no gate file at {path}: fit one with "
+                                    "'spm-bluesky train gate'")
+        return load_gated(path, calibrated)
+    return load_network(path, calibrated)
+
+
+def assessor_by_name(name: str) -> FrameAssessor:
+    """The assessor named ``name``: ``"shipped"`` (the shipped weights) or the path of a
+    weight file or a gate file. For commands and plans that take the assessor as a string."""
     return load_assessor(None if name == SHIPPED else name)

@@ -60,3 +60,21 @@ class TrainConfig:
     randomisation: Randomisation = field(default_factory=Randomisation)
     augmentation: Augmentation = field(default_factory=Augmentation)
     synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Everything that determines a gated assessor's gate besides its two networks
+    (:mod:`spm_bluesky.ml.assessor.gate_training`)."""
+
+    #: Base of the validation sets the gate is fitted on.
+    seed: int = 0
+    #: Twin frames and synthetic frames fitted on (each).
+    fit_frames: int = 2_000
+    #: Frames with p(twin) under this go to the generalist.
+    threshold: float = 0.5
+    #: Held-out twin frames and synthetic frames measured for the card.
+    eval_images: int = 5_000
+    synth_eval_images: int = 1_000
+    #: Processes rendering twin images (no effect on the result).
+    workers: int = 2

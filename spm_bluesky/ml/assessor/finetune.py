@@ -48,7 +48,7 @@ from spm_bluesky.ml.assessor.assessor import (
     MODEL_NAME,
     TipNetAssessor,
     inference_copy,
-    load_assessor,
+    load_network,
     serialise,
     window_outputs,
 )
@@ -341,7 +341,7 @@ def finetune_and_write(base_weights: Path | None, frames: Sequence[LabelledFrame
     check_classes(usable)
     train_frames, held = split_held_out(usable, config.held_out_fraction, config.seed)
     check_classes(train_frames)
-    base = load_assessor(base_weights, calibrated=False)
+    base = load_network(base_weights, calibrated=False)
     model = finetune(base_network(base_weights), train_frames, config)
     weights = serialise(model)
     model_id = model_id_for(MODEL_NAME, weights)

@@ -27,7 +27,7 @@ from spm_bluesky.ml.assessor.assessor import (
     MODEL_NAME,
     TipNetAssessor,
     frame_scores,
-    load_assessor,
+    load_network,
     serialise,
     window_logits,
 )
@@ -327,7 +327,7 @@ def calibrate_weights(weights: Path | str = WEIGHTS, seed: int = 0, images: int 
     that regenerates it: ``spm-bluesky train unsure``).
     """
     weights = Path(weights)
-    assessor = load_assessor(weights, calibrated=False)
+    assessor = load_network(weights, calibrated=False)
     randomisation = TrainConfig().randomisation
     fit_set = ds.cached(ds.TRAIN, seed, images, data_dir, randomisation, workers, progress)
     threshold_set = ds.cached(ds.VALIDATION, seed, validation_images, data_dir,

@@ -28,7 +28,7 @@ import numpy as np
 from spm_bluesky.protocols import CLASSES
 
 if TYPE_CHECKING:
-    from spm_bluesky.ml.assessor.assessor import TipNetAssessor
+    from spm_bluesky.ml.assessor.assessor import FrameAssessor, TipNetAssessor
 
 #: Share of the twin's validation frames under the threshold.
 QUANTILE = 0.98
@@ -181,7 +181,7 @@ class UnsureTally:
     what ``eval assessor`` wraps around the assessor to report the twin's unsure rate
     (same probabilities as the assessor's own)."""
 
-    def __init__(self, assessor: TipNetAssessor) -> None:
+    def __init__(self, assessor: FrameAssessor) -> None:
         self.assessor = assessor
         self.unsure: list[bool] = []
 
@@ -192,8 +192,8 @@ class UnsureTally:
 
     @property
     def abstains(self) -> bool:
-        """True if the wrapped assessor has an unsure calibration."""
-        return self.assessor.calibration is not None
+        """True if the wrapped assessor gives unsure scores."""
+        return self.assessor.abstains
 
     def assess(self, image_m: np.ndarray, scan_size_m: float) -> Any:
         """Judge one frame (the wrapped assessor's answer), keeping its unsure verdict."""
