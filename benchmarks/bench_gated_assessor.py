@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +35,9 @@ import torch
 
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor import data as ds
-from spm_bluesky.ml.assessor.assessor import TipNetAssessor, load_network
+from spm_bluesky.ml.assessor.assessor import load_network
 from spm_bluesky.ml.assessor.evaluation import held_out_randomisation
-from spm_bluesky.ml.assessor.gate import fit_logistic, frame_features
+from spm_bluesky.ml.assessor.gate import fit_logistic, gate_features
 from spm_bluesky.ml.assessor.metrics import roc_auc
 from spm_bluesky.ml.assessor.real_set import (
     RealEvaluation,
@@ -50,11 +49,6 @@ from spm_bluesky.ml.assessor.synth import generate as synth
 from spm_bluesky.ml.assessor.synth.config import SynthConfig
 from spm_bluesky.ml.assessor.training import prepared
 from spm_bluesky.protocols import CLASSES, GOOD
-
-
-def features(specialist: TipNetAssessor, frames: Sequence[np.ndarray]) -> np.ndarray:
-    """The gate's input: the specialist's frame features."""
-    return frame_features(specialist.judge_windows(frames)[2], [len(f) for f in frames])
 
 
 def main() -> None:
@@ -85,8 +79,8 @@ def main() -> None:
     real_frames = processing.prepare_batch([i.image for i in real.images],
                                            [i.scan_size_m for i in real.images])
 
-    gate = fit_logistic(features(specialist, twin_fit), features(specialist, synth_fit))
-    p_twin = {name: gate.p_twin(features(specialist, frames)) for name, frames in
+    gate = fit_logistic(gate_features(specialist, twin_fit), gate_features(specialist, synth_fit))
+    p_twin = {name: gate.p_twin(gate_features(specialist, frames)) for name, frames in
               (("twin", twin_held_out), ("synth", synth_held_out), ("real", real_frames))}
     twin_good = twin_set.column("label") == CLASSES.index(GOOD)
     twin_p = {name: a.probabilities(twin_held_out) for name, a in

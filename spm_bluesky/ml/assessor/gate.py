@@ -53,6 +53,11 @@ def frame_features(window_features: np.ndarray, counts: Sequence[int]) -> np.nda
     return np.stack([np.r_[p.mean(axis=0), p.max(axis=0)] for p in parts])
 
 
+def gate_features(specialist: TipNetAssessor, prepared: Sequence[np.ndarray]) -> np.ndarray:
+    """The gate's input for prepared frames: the specialist's :func:`frame_features`."""
+    return frame_features(specialist.judge_windows(prepared)[2], [len(p) for p in prepared])
+
+
 @dataclass(frozen=True)
 class LogisticGate:
     """p(twin | frame features): standardisation, then a logistic regression."""
@@ -179,6 +184,11 @@ class GatedAssessor(FrameAssessor):
             probabilities[chosen] = general
             relative[chosen] = general_scores / _threshold(self.generalist)
         return probabilities, relative, routed
+
+    def routes(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Which frames the gate sends to the generalist (the specialist's pass only; the
+        generalist does not run)."""
+        return self.gate.p_twin(gate_features(self.specialist, prepared)) < self.threshold
 
     def is_unsure(self, scores: np.ndarray) -> np.ndarray:
         """Which relative unsure scores are over 1 (all False without calibrations)."""

@@ -27,10 +27,9 @@ from spm_bluesky.ml.assessor.evaluation import evaluate_on, held_out_randomisati
 from spm_bluesky.ml.assessor.gate import (
     L2,
     MODEL_NAME,
-    GatedAssessor,
     GateFile,
     fit_logistic,
-    frame_features,
+    gate_features,
     load_gated,
     relative_path,
 )
@@ -70,11 +69,8 @@ def train_gate(generalist: Path | str, out: Path | str, specialist: Path | str |
     synth_fit = synth.cached(ds.VALIDATION, config.seed, config.fit_frames, data_dir,
                              SynthConfig(), config.workers)
 
-    def features(dataset: ds.Dataset) -> np.ndarray:
-        frames = prepared(dataset)
-        return frame_features(first.judge_windows(frames)[2], [len(f) for f in frames])
-
-    twin_features, synth_features = features(twin_fit), features(synth_fit)
+    twin_features = gate_features(first, prepared(twin_fit))
+    synth_features = gate_features(first, prepared(synth_fit))
     gate = fit_logistic(twin_features, synth_features)
     fit = {"twin_validation_seeds": twin_fit.manifest["seeds"],
            "synthetic_validation_seeds": synth_fit.manifest["seeds"],
@@ -82,9 +78,9 @@ def train_gate(generalist: Path | str, out: Path | str, specialist: Path | str |
            "twin_kept": float(np.mean(gate.p_twin(twin_features) >= config.threshold)),
            "synthetic_sent": float(np.mean(gate.p_twin(synth_features) < config.threshold))}
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = GateFile(relative_path(specialist_path, out), first.model_id,
-                    relative_path(generalist, out), second.model_id, gate, config.threshold,
-                    fit).save(out)
+    files = relative_path(specialist_path, out), relative_path(generalist, out)
+    data = GateFile(files[0], first.model_id, files[1], second.model_id, gate,
+                    config.threshold, fit).save(out)
     gated = load_gated(out)
 
     held_out = ds.cached(ds.HELD_OUT, 0, config.eval_images, data_dir,
@@ -92,8 +88,8 @@ def train_gate(generalist: Path | str, out: Path | str, specialist: Path | str |
     synth_held_out = synth.cached(ds.HELD_OUT, 0, config.synth_eval_images, data_dir,
                                   SynthConfig(), config.workers)
     evaluation = evaluate_on(gated, held_out)
-    routing = {"twin_held_out": _sent_share(gated, held_out),
-               "synthetic_held_out": _sent_share(gated, synth_held_out)}
+    routing = {"twin_held_out": float(np.mean(gated.routes(prepared(held_out)))),
+               "synthetic_held_out": float(np.mean(gated.routes(prepared(synth_held_out))))}
     synthetic = synth_figures(gated, synth_held_out)
     wall = time.perf_counter() - started
     card = {
@@ -101,8 +97,8 @@ def train_gate(generalist: Path | str, out: Path | str, specialist: Path | str |
         "name": "gated tipnet assessor",
         **weight_file_fields(gated.model_id, out, data),
         "classes": list(CLASSES),
-        "specialist": {"file": relative_path(specialist_path, out), "model_id": first.model_id},
-        "generalist": {"file": relative_path(generalist, out), "model_id": second.model_id},
+        "specialist": {"file": files[0], "model_id": first.model_id},
+        "generalist": {"file": files[1], "model_id": second.model_id},
         "gate": {"method": "logistic regression on the specialist's frame features (mean and "
                            "maximum over the windows of the penultimate features), twin "
                            "validation frames against synthetic validation frames",
@@ -126,11 +122,6 @@ def train_gate(generalist: Path | str, out: Path | str, specialist: Path | str |
     }
     card_path = write_card(card, out)
     return TrainedGate(out, card_path, gated.model_id, wall)
-
-
-def _sent_share(gated: GatedAssessor, dataset: ds.Dataset) -> float:
-    """The share of a set's frames that the gate sends to the generalist."""
-    return float(np.mean(gated.judge_routes(prepared(dataset))[2]))
 
 
 def command_for(generalist: Path | str, out: Path | str, specialist: Path | str | None,
