@@ -13,7 +13,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 from bluesky.utils import FailedStatus
-from caproto.sync.client import read as ca_read
+from tests.ca_sync import read as ca_read
 from event_model import DocumentNames, schema_validators
 from ophyd_async.core import init_devices
 

@@ -10,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from caproto.sync.client import read
+from tests.ca_sync import read
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import signal
 import time
 
 import pytest
-from caproto.sync.client import write
+from tests.ca_sync import write
 
 from spm_bluesky import schema
 from spm_bluesky.autonomy.state import CRASH_MARK, rebuild

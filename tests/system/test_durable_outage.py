@@ -16,7 +16,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from caproto.sync.client import write
+from tests.ca_sync import write
 
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
 from spm_bluesky.storage import connect, runs_by_session

@@ -4,7 +4,7 @@ is written (the IOC's counters, clock and frame settings stay as they were)."""
 from __future__ import annotations
 
 import pytest
-from caproto.sync.client import read
+from tests.ca_sync import read
 
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
 from tests.session_helpers import spm

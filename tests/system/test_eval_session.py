@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from caproto.sync.client import read
+from tests.ca_sync import read
 
 from spm_bluesky.domain.actions import ACTIONS, ACTIONS_BY_NAME
 from spm_bluesky.evaluation.session import SessionEval, SystemResult

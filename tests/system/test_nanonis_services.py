@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from caproto.sync.client import read, write
+from tests.ca_sync import read, write
 
 from spm_bluesky.services.launch import (
     UpOptions,

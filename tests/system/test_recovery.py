@@ -16,7 +16,7 @@ import uuid
 
 import numpy as np
 import pytest
-from caproto.sync.client import write
+from tests.ca_sync import write
 
 from spm_bluesky.autonomy.state import rebuild
 from spm_bluesky.ml.agent.policies import HeuristicPolicy
