@@ -13,7 +13,6 @@ import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 from bluesky.utils import FailedStatus
-from tests.ca_sync import read as ca_read
 from event_model import DocumentNames, schema_validators
 from ophyd_async.core import init_devices
 
@@ -22,6 +21,7 @@ from spm_bluesky.domain.actions import ACTIONS_BY_NAME
 from spm_bluesky.domain.area import AreaMask
 from spm_bluesky.plans import acquire_image, approach, move_area, survey, tip_action, withdraw
 from spm_bluesky.twin import Frame, Instrument, TipClass
+from tests.ca_sync import read as ca_read
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ import time
 
 import psutil
 import pytest
+
 from tests.ca_sync import read
 
 pytestmark = pytest.mark.integration

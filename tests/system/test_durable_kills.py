@@ -12,7 +12,6 @@ import signal
 import time
 
 import pytest
-from tests.ca_sync import write
 
 from spm_bluesky import schema
 from spm_bluesky.autonomy.state import CRASH_MARK, rebuild
@@ -20,6 +19,7 @@ from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_
 from spm_bluesky.storage import Disc, FrameRecord, connect, runs_by_session
 from spm_bluesky.storage.journal import journal_dir, read_marks
 from spm_bluesky.storage.journal_runs import JournalRun, journal_runs
+from tests.ca_sync import write
 from tests.system.test_recovery import run_cli, session_of
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ import time
 import numpy as np
 import psutil
 import pytest
-from tests.ca_sync import write
 
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
 from spm_bluesky.storage import connect, runs_by_session
+from tests.ca_sync import write
 from tests.session_helpers import spm, wait_until
 from tests.system.test_chain import ServedFrames
 from tests.system.test_recovery import run_cli, session_images, session_of

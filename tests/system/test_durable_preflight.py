@@ -4,9 +4,9 @@ is written (the IOC's counters, clock and frame settings stay as they were)."""
 from __future__ import annotations
 
 import pytest
-from tests.ca_sync import read
 
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
+from tests.ca_sync import read
 from tests.session_helpers import spm
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-from tests.ca_sync import read
 
 from spm_bluesky.domain.actions import ACTIONS, ACTIONS_BY_NAME
 from spm_bluesky.evaluation.session import SessionEval, SystemResult
@@ -19,6 +18,7 @@ from spm_bluesky.evaluation.twin_pvs import DegradeSchedule
 from spm_bluesky.ml.agent.policies import MissingAgentError, OracleAssessor, policy_by_name
 from spm_bluesky.ml.card import WEIGHTS_DIR
 from spm_bluesky.schema import SCAN_CLOCK as FRAME_CLOCK_KEY
+from tests.ca_sync import read
 
 HOURS = 0.2
 SEED = 3

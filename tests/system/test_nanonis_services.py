@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.ca_sync import read, write
 
 from spm_bluesky.services.launch import (
     UpOptions,
@@ -18,6 +17,7 @@ from spm_bluesky.services.launch import (
     up,
 )
 from spm_bluesky.services.nanonis_sim import truth_state
+from tests.ca_sync import read, write
 
 pytestmark = pytest.mark.integration
 

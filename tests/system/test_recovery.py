@@ -16,7 +16,6 @@ import uuid
 
 import numpy as np
 import pytest
-from tests.ca_sync import write
 
 from spm_bluesky.autonomy.state import rebuild
 from spm_bluesky.ml.agent.policies import HeuristicPolicy
@@ -26,6 +25,7 @@ from spm_bluesky.services.launch import UpOptions, down, up
 from spm_bluesky.storage import StoredRun, connect, read_image_stream, runs_by_session
 from spm_bluesky.storage.journal import journal_dir
 from spm_bluesky.storage.journal_runs import journal_runs
+from tests.ca_sync import write
 from tests.system.test_autonomous_ioc import make_rig
 from tests.system.test_chain import ServedFrames
 
