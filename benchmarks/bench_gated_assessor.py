@@ -14,7 +14,9 @@ The gate is :mod:`spm_bluesky.ml.assessor.gate`'s, fitted as ``spm-bluesky train
 it (``--fit-frames`` twin and synthetic validation frames; a training run's ``--data``
 folder is reused); it never sees a real image. A frame goes to the generalist when the
 gate's p(twin) is under the threshold; every threshold of ``--thresholds`` is one row (the
-command's default is 0.5).
+command's default is 0.5). The last row mixes instead of choosing: each frame's probabilities
+are p(twin) times the specialist's plus 1 - p(twin) times the generalist's (its shares are
+the mean weight on the generalist).
 
 Figures per row: the share of the twin's held-out frames (5,000, seed 0, as the model card),
 of held-out synthetic frames (1,000, every family) and of the real set sent to the
@@ -112,6 +114,15 @@ def main() -> None:
         mixed = reevaluated(real_eval["specialist"], real, real_mix, "gated")
         shares = " / ".join(f"{sent[n].mean():.3f}" for n in ("twin", "synth", "real"))
         print(row(f"gated at p(twin) < {threshold:g}", twin_mix, mixed, shares))
+    # The soft alternative: every frame's probabilities are the two networks' mixed by p(twin).
+    g = {name: p[:, None] for name, p in p_twin.items()}
+    twin_blend = g["twin"] * twin_p["specialist"] + (1 - g["twin"]) * twin_p["generalist"]
+    real_blend = (g["real"] * real_eval["specialist"].probabilities
+                  + (1 - g["real"]) * real_eval["generalist"].probabilities)
+    weights = " / ".join(f"{1 - p.mean():.3f}" for p in (p_twin[n] for n in ("twin", "synth",
+                                                                              "real")))
+    print(row("mixed by p(twin)", twin_blend,
+              reevaluated(real_eval["specialist"], real, real_blend, "mixed"), weights))
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 

@@ -17,7 +17,7 @@ from spm_bluesky.commandline._common import (
     usage_error,
 )
 from spm_bluesky.ml.assessor.config import TrainConfig
-from spm_bluesky.ml.card import WEIGHTS, card_paths, write_card
+from spm_bluesky.ml.card import GATE, card_paths, write_card
 
 
 def _held_out_set(text: str) -> int:
@@ -34,7 +34,8 @@ _DEFAULTS = TrainConfig()
 @eval_app.command("assessor")
 def eval_assessor(
     weights: Path | None = typer.Option(None, callback=existing_file, show_default=False,
-                                        help="weight file (default: the shipped assessor.pt)"),
+                                        help="weight file (.pt) or gate file (.npz) (default: the "
+                                             "shipped gate.npz)"),
     images: int = typer.Option(_DEFAULTS.eval_images, parser=positive_int,
                                help="held-out images"),
     seed: int = typer.Option(_DEFAULTS.eval_base, parser=_held_out_set,
@@ -80,7 +81,7 @@ def eval_assessor(
     except ValueError as err:  # an unsure calibration made for other weights
         raise fail(str(err)) from None
     if real:
-        card_weights = (weights or WEIGHTS) if card else None
+        card_weights = (weights or GATE) if card else None
         return _eval_real(assessor, real_set_path, json, png, strict, card_weights)
     tally = UnsureTally(assessor)
     try:

@@ -23,7 +23,7 @@ from spm_bluesky.commandline._common import (
     fail,
     non_negative_int,
 )
-from spm_bluesky.ml.card import WEIGHTS
+from spm_bluesky.ml.card import GATE
 from spm_bluesky.services.launch import ServiceError
 
 TILED_URI_HELP = "a Tiled server to read instead (API key: --api-key-file or the environment)"
@@ -71,8 +71,8 @@ def report_command(
 def replay_command(
     session: str = typer.Argument(..., metavar="SESSION",
                                   help="session uid, or a unique prefix of it"),
-    assessor: Path = typer.Option(WEIGHTS, help="assessor weights (.pt)",
-                                  callback=existing_file, show_default="the shipped model"),
+    assessor: Path = typer.Option(GATE, help="assessor: weight file (.pt) or gate file (.npz)",
+                                  callback=existing_file, show_default="the shipped gate.npz"),
     rows: int = typer.Option(30, parser=non_negative_int,
                              help="flipped images listed at most"),
     data_dir: Path = DataDir,

@@ -30,7 +30,7 @@ from spm_bluesky.commandline.report import TILED_URI_HELP
 from spm_bluesky.ml.agent.card import CARD_EPISODES
 from spm_bluesky.ml.assessor.config import GateConfig, GoodWeightOn, TrainConfig
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
-from spm_bluesky.ml.card import WEIGHTS, WEIGHTS_DIR
+from spm_bluesky.ml.card import GATE, GENERALIST, WEIGHTS, WEIGHTS_DIR
 from spm_bluesky.services.credentials import CredentialsError, tiled_api_key
 from spm_bluesky.services.launch import data_dir_from
 
@@ -261,9 +261,9 @@ def train_unsure(
 @train_app.command("gate")
 def train_gate(
     generalist: Path = typer.Option(
-        ..., callback=existing_file, show_default=False,
+        GENERALIST, callback=existing_file, show_default="the shipped generalist.pt",
         help="the generalist's weight file (spm-bluesky train assessor --synth-images ...)"),
-    out: Path = typer.Option(..., show_default=False,
+    out: Path = typer.Option(GATE, show_default="the shipped gate.npz",
                              help="the gate file to write (.npz; its card goes beside it)"),
     specialist: Path = typer.Option(WEIGHTS, callback=existing_file,
                                     help="the specialist's weight file",
@@ -313,8 +313,10 @@ def train_gate(
 def train_agent(
     out: Path = typer.Option(WEIGHTS_DIR / "agent.pt", help="weight file",
                              show_default="the shipped agent.pt"),
-    assessor: Path = typer.Option(WEIGHTS, callback=existing_file, help="assessor weights",
-                                  show_default="the shipped assessor.pt"),
+    assessor: Path = typer.Option(
+        GATE, callback=existing_file, show_default="the shipped gate.npz",
+        help="the assessor: its verdicts are the reward, and the agent's body starts from its "
+             "network (a gate file's specialist)"),
     seed: int = typer.Option(0, parser=non_negative_int, help="seed"),
     steps: int | None = typer.Option(
         None, parser=non_negative_int, show_default=False,

@@ -17,7 +17,11 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS = WEIGHTS_DIR / "assessor.pt"
 CARD = WEIGHTS_DIR / "assessor.card.json"
 CARD_MARKDOWN = WEIGHTS_DIR / "ASSESSOR_CARD.md"
-#: How commands and the queueserver name the shipped weights (instead of a file's path).
+#: The shipped generalist (trained on the twin and on synthetic surfaces) and the gate file
+#: that pairs it with the specialist above: the shipped assessor (decision record 13).
+GENERALIST = WEIGHTS_DIR / "generalist.pt"
+GATE = WEIGHTS_DIR / "gate.npz"
+#: How commands and the queueserver name the shipped assessor (instead of a file's path).
 SHIPPED = "shipped"
 
 

@@ -326,6 +326,17 @@ def test_training_is_reproducible():
     assert first != serialise(AgentNet.from_assessor(WEIGHTS, seed=4))  # it did learn
 
 
+def test_an_agent_on_a_gate_starts_from_the_gates_specialist():
+    """The shipped assessor is a gate file: the agent's body is its specialist's."""
+    from spm_bluesky.ml.card import GATE, GENERALIST, WEIGHTS
+
+    on_gate = AgentNet.from_assessor(GATE, seed=2).features.state_dict()
+    on_specialist = AgentNet.from_assessor(WEIGHTS, seed=2).features.state_dict()
+    on_generalist = AgentNet.from_assessor(GENERALIST, seed=2).features.state_dict()
+    assert all(torch.equal(on_gate[k], on_specialist[k]) for k in on_specialist)
+    assert on_generalist["1.weight"].shape != on_specialist["1.weight"].shape  # wider
+
+
 def test_shipped_agent_matches_its_card_and_the_shipped_assessor():
     """The card names this very file (sha256) and the assessor whose body it was built on."""
     import hashlib

@@ -21,6 +21,7 @@ from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor import data as ds
 from spm_bluesky.ml.assessor import load_assessor
+from spm_bluesky.ml.assessor.assessor import load_network
 from spm_bluesky.ml.assessor.evaluation import evaluate_on, held_out_randomisation
 from spm_bluesky.ml.assessor.metrics import GOALS, evaluate, reliability, roc_auc
 from spm_bluesky.ml.card import CARD, CARD_MARKDOWN, WEIGHTS, read_card
@@ -241,7 +242,9 @@ def test_batched_plane_fit_equals_the_single_one():
 # -- provenance --------------------------------------------------------------------------
 
 
-def test_weight_file_matches_its_card(assessor):
+def test_weight_file_matches_its_card():
+    """The shipped specialist (the gate's other network: tests/unit/test_gate.py)."""
+    assessor = load_network()
     card = read_card()
     data = WEIGHTS.read_bytes()
     assert hashlib.sha256(data).hexdigest() == card["sha256"]

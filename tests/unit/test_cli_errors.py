@@ -217,12 +217,12 @@ def test_shell_with_nothing_up_opens_with_a_warning(capsys, tmp_path, monkeypatc
 
 def test_replay_defaults_to_the_shipped_assessor(capsys, tmp_path, monkeypatch):
     from spm_bluesky.ml.assessor import assessor
-    from spm_bluesky.ml.card import WEIGHTS
+    from spm_bluesky.ml.card import GATE
 
     loaded = []
     monkeypatch.setattr(assessor, "load_assessor", lambda path: loaded.append(path))
     code, _, err = spm(capsys, "replay", "abc", "--data-dir", tmp_path / "data")
-    assert loaded == [WEIGHTS]
+    assert loaded == [GATE]
     assert code == 1  # there is no Tiled data to replay from
     assert_one_line(err)
     assert "no Tiled data" in err

@@ -3,7 +3,8 @@
 The gate's fit, its routing (each frame judged by the network the gate picks, the unsure
 scores relative to that network's threshold), the gate file (round trip, refusal of changed
 weights, no pickles), ``load_assessor`` telling a gate file from a weight file, and
-``spm-bluesky train gate`` end to end on a small configuration and on bad input.
+``spm-bluesky train gate`` end to end on a small configuration and on bad input, and the
+shipped gate file with its two networks and cards.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from spm_bluesky.ml.assessor.gate import (  # noqa: E402
     load_gated,
     relative_path,
 )
+from spm_bluesky.ml.assessor.gate_training import command_for, eval_command  # noqa: E402
 from spm_bluesky.ml.assessor.model import TipNet, stages_for  # noqa: E402
 from spm_bluesky.ml.assessor.synth import generate as synth  # noqa: E402
 from spm_bluesky.ml.assessor.synth.config import SynthConfig  # noqa: E402
 from spm_bluesky.ml.assessor.unsure import UnsureCalibration  # noqa: E402
-from spm_bluesky.ml.card import read_card  # noqa: E402
+from spm_bluesky.ml.card import GATE, GENERALIST, WEIGHTS, read_card  # noqa: E402
 from tests.unit.test_cli_errors import assert_one_line, spm  # noqa: E402
 
 
@@ -77,9 +79,10 @@ def test_frame_features_are_the_mean_and_maximum_of_each_frames_windows():
 
 
 def test_each_frame_is_judged_by_the_network_the_gate_picks(tmp_path):
-    """A gate that sends every frame away gives the generalist's verdicts, one that keeps
-    every frame the specialist's; a gate that splits the frames gives each its own network's
-    verdict, and unsure scores relative to that network's threshold."""
+    """A gate that sends every frame far away gives the generalist's verdicts, one that keeps
+    every frame the specialist's; a gate that splits the frames keeps the specialist's verdict
+    on its side and mixes the two by p(twin) on the other, with unsure scores relative to the
+    threshold of the network the frame went to."""
     specialist = load_network(_network(tmp_path / "s.pt", 1), calibrated=False)
     generalist = load_network(_network(tmp_path / "g.pt", 2), calibrated=False)
     frames = _frames(6)
@@ -111,7 +114,10 @@ def test_each_frame_is_judged_by_the_network_the_gate_picks(tmp_path):
     probabilities, scores, routed = gate.judge_routes(frames)
     np.testing.assert_array_equal(routed, ~split)
     np.testing.assert_allclose(probabilities[split], ps[split])
-    np.testing.assert_allclose(probabilities[~split], pg[~split])
+    kept = (gate.gate.p_twin(features) / gate.threshold)[:, None]  # the specialist's share
+    assert (kept[~split] < 1).all() and (kept[split] >= 1).all()
+    mixed = kept * ps + (1 - kept) * pg  # mixed by p(twin), continuous at the threshold
+    np.testing.assert_allclose(probabilities[~split], mixed[~split])
     s_scores, g_scores = specialist.judge(frames)[1], generalist.judge(frames)[1]
     np.testing.assert_allclose(scores[split], s_scores[split] / 2.0)
     np.testing.assert_allclose(scores[~split], g_scores[~split] / 8.0)
@@ -191,3 +197,38 @@ def test_train_gate_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch,
     assert_one_line(err)
     assert message in err
     assert not list(tmp_path.glob("gate*"))
+
+
+def test_the_shipped_assessor_is_the_gate_over_the_shipped_networks():
+    """``load_assessor()`` is the shipped gate file over the shipped specialist and
+    generalist, each matching its card, both calibrated, and the cards' commands are the ones
+    that regenerate the files."""
+    assessor = load_assessor()
+    assert isinstance(assessor, GatedAssessor) and assessor.abstains
+    assert assessor.specialist.model_id == load_network().model_id
+    assert assessor.generalist.model_id == load_network(GENERALIST).model_id
+    gate_card, generalist_card = read_card(GATE), read_card(GENERALIST)
+    for card, path in ((gate_card, GATE), (generalist_card, GENERALIST)):
+        data = path.read_bytes()
+        assert card["sha256"] == hashlib.sha256(data).hexdigest()
+        assert card["size_bytes"] == len(data) < 4 * 2**20 and card["file"] == path.name
+    assert gate_card["model_id"] == assessor.model_id
+    assert generalist_card["model_id"] == assessor.generalist.model_id
+    assert gate_card["specialist"]["model_id"] == assessor.specialist.model_id
+    assert gate_card["training"]["command"].startswith("spm-bluesky train gate")
+    assert "--out" not in gate_card["training"]["command"]  # the shipped files: defaults
+    assert generalist_card["training"]["command"].startswith("spm-bluesky train assessor")
+    assert generalist_card["training"]["command"].endswith(
+        "--out spm_bluesky/ml/weights/generalist.pt")
+    assert "--synth-images" in generalist_card["training"]["command"]
+
+
+def test_the_gates_command_leaves_the_shipped_files_out(tmp_path):
+    assert command_for(GENERALIST, GATE, WEIGHTS, GateConfig()) == "spm-bluesky train gate"
+    assert command_for(GENERALIST, GATE, None, replace(GateConfig(), threshold=0.3)) == \
+        "spm-bluesky train gate --threshold 0.3"
+    out = tmp_path / "gate.npz"
+    assert command_for(tmp_path / "g.pt", out, None, GateConfig()) == \
+        f"spm-bluesky train gate --generalist {tmp_path / 'g.pt'} --out {out}"
+    assert eval_command(GATE, 5000) == "spm-bluesky eval assessor --images 5000"
+    assert eval_command(out, 10) == f"spm-bluesky eval assessor --weights {out} --images 10"

@@ -82,8 +82,9 @@ def render_agent_markdown(card: dict[str, Any]) -> str:
              "| | |", "|---|---|",
              f"| file | `{card['file']}` ({card['size_bytes']:,} bytes) |",
              f"| sha256 | `{card['sha256']}` |", f"| date | {card['date']} |",
-             f"| assessor | `{card['assessor']['model_id']}` (body initialised from it, "
-             "frozen) |", "", "## Training", "", f"    {training['command']}", "",
+             f"| assessor | `{card['assessor']['model_id']}` (its verdicts are the reward; the "
+             "body starts from its network, a gate's specialist, frozen) |", "", "## Training",
+             "", f"    {training['command']}", "",
              f"- {training['data']}.",
              f"- {training['env_steps']} environment steps, {training['episodes']} episodes, "
              f"{training['wall_time_s']:.0f} s on {training['machine']}.",

@@ -1,8 +1,10 @@
 """The conditioning agent: Double DQN over the assessor's CNN body (DeepSPM, section agent).
 
 The Q-network reuses the assessor's convolutional body (:class:`~.model.TipNet` features,
-global mean and max pooling), initialised from the shipped assessor and kept frozen, and
-adds a small head over ``[pooled features, class probabilities, history]``: the last two
+global mean and max pooling), initialised from the shipped specialist (the network of the
+shipped gate that judges every frame) and kept frozen, and adds a small head over
+``[pooled features, class probabilities, history]``, the probabilities being the gated
+assessor's: the last two
 actions (one-hot) and the p(good) after each. Freezing the body lets training cache the
 pooled features of every stored image (and of its rot180 / flip-lr / flip-ud copies, the
 replay augmentation DeepSPM used), so an update costs a small MLP instead of a CNN.
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from spm_bluesky.domain.actions import ACTIONS
+from spm_bluesky.ml.assessor.gate import network_weights
 from spm_bluesky.ml.assessor.model import STAGES, Stages, TipNet, stages_of
 from spm_bluesky.ml.card import WEIGHTS_DIR, model_id_for
 from spm_bluesky.protocols import CLASSES, HISTORY, Decision
@@ -76,8 +79,8 @@ class AgentNet(nn.Module):
     @classmethod
     def from_assessor(cls, assessor_weights: Path | str, seed: int = 0) -> AgentNet:
         """A fresh head (initialised from ``seed``) on the assessor's body (its weights read
-        safely, no pickle)."""
-        state = torch.load(io.BytesIO(Path(assessor_weights).read_bytes()),
+        safely, no pickle); for a gate file, the body of its specialist."""
+        state = torch.load(io.BytesIO(network_weights(assessor_weights).read_bytes()),
                            map_location="cpu", weights_only=True)
         with torch.random.fork_rng():
             torch.manual_seed(seed)

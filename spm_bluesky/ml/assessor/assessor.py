@@ -1,7 +1,7 @@
 """The tip-quality assessor: shipped weights, preprocessing and calibrated probabilities.
 
 >>> from spm_bluesky.ml.assessor import load_assessor
->>> assessor = load_assessor()                    # the shipped weights
+>>> assessor = load_assessor()                    # the shipped pair of networks
 >>> a = assessor.assess(image_m, 10e-9)           # heights in metres, 10 nm frame
 >>> a.p_good, a.probabilities, a.label
 
@@ -13,8 +13,10 @@ bigger frames are judged on their central 20 nm); the windows' opinions are comb
 With a calibration beside the weights (``assessor.unsure.npz``, see
 :mod:`spm_bluesky.ml.assessor.unsure`) every assessment also carries an out-of-distribution
 score and ``unsure`` when the frame is unlike the twin images the network learnt from.
-``load_assessor("gate.npz")`` gives two networks behind a gate instead
-(:mod:`spm_bluesky.ml.assessor.gate`); both kinds are :class:`FrameAssessor`.
+The shipped assessor is two such networks behind a gate (``gate.npz``,
+:mod:`spm_bluesky.ml.assessor.gate`): the twin's specialist (``assessor.pt``, also
+:func:`load_network`'s default) and a generalist (``generalist.pt``). Both kinds are
+:class:`FrameAssessor`; :func:`load_assessor` gives either, by the file's suffix.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor.model import TipNet
 from spm_bluesky.ml.assessor.unsure import UnsureCalibration, load_calibration
-from spm_bluesky.ml.card import SHIPPED, WEIGHTS, model_id_for
+from spm_bluesky.ml.card import GATE, SHIPPED, WEIGHTS, model_id_for
 from spm_bluesky.protocols import CLASSES, Assessment
 
 MODEL_NAME = "tipnet"
@@ -233,7 +235,8 @@ def serialise(model: nn.Module) -> bytes:
 
 
 def load_network(path: Path | str | None = None, calibrated: bool = True) -> TipNetAssessor:
-    """A :class:`TipNetAssessor` from a weight file (default: the shipped ``assessor.pt``).
+    """A :class:`TipNetAssessor` from a weight file (default: the shipped specialist,
+    ``assessor.pt``).
 
     The file is a ``TipNet`` state_dict, read with ``torch.load(weights_only=True)``
     (no arbitrary unpickling); the unsure calibration beside it, if there is one, comes
@@ -253,20 +256,21 @@ def load_network(path: Path | str | None = None, calibrated: bool = True) -> Tip
 
 
 def load_assessor(path: Path | str | None = None, calibrated: bool = True) -> FrameAssessor:
-    """The assessor of a file (default: the shipped weights): a gate file (``.npz``,
-    :mod:`spm_bluesky.ml.assessor.gate`) gives the gated pair of networks, a weight file one
-    network (:func:`load_network`)."""
-    if path is not None and Path(path).suffix == ".npz":
+    """The assessor of a file (default: the shipped gate file, ``gate.npz``): a gate file
+    (``.npz``, :mod:`spm_bluesky.ml.assessor.gate`) gives the gated pair of networks, a
+    weight file one network (:func:`load_network`)."""
+    source = Path(path) if path is not None else GATE
+    if source.suffix == ".npz":
         from spm_bluesky.ml.assessor.gate import load_gated
 
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no gate file at {path}: fit one with "
+        if not source.is_file():
+            raise FileNotFoundError(f"no gate file at {source}: fit one with "
                                     "'spm-bluesky train gate'")
-        return load_gated(path, calibrated)
-    return load_network(path, calibrated)
+        return load_gated(source, calibrated)
+    return load_network(source, calibrated)
 
 
 def assessor_by_name(name: str) -> FrameAssessor:
-    """The assessor named ``name``: ``"shipped"`` (the shipped weights) or the path of a
+    """The assessor named ``name``: ``"shipped"`` (the shipped gate file) or the path of a
     weight file or a gate file. For commands and plans that take the assessor as a string."""
     return load_assessor(None if name == SHIPPED else name)

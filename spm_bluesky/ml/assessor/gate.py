@@ -11,11 +11,16 @@ The gate is a logistic regression on the specialist's own features of a frame (t
 the maximum over its windows of the penultimate features), fitted to tell twin frames from
 synthetic ones (:mod:`spm_bluesky.ml.assessor.gate_training`); it never sees a real image.
 The specialist judges every frame, in the forward pass that gives the gate its features; a
-frame whose p(twin) is under the gate's threshold is judged again by the generalist, whose
-verdict stands. On the twin's own images the gated assessor costs what the specialist costs.
+frame whose p(twin) is under the gate's threshold t is judged again by the generalist, and
+its probabilities are the two networks' mixed: p(twin)/t of the specialist's and the rest of
+the generalist's. The verdict moves continuously from the specialist's (at the threshold) to
+the generalist's (far from the twin), and a twin frame the gate barely sends keeps most of
+the specialist's word, which holds the twin's accuracy (benchmarks/RESULTS.md). On the twin's
+own images the gated assessor costs what the specialist costs.
 
-Unsure scores are relative: the unsure score of the network that judged the frame divided by
-that network's calibrated threshold, so a frame is unsure when its score is over 1.
+Unsure scores are relative: the unsure score of the specialist, or of the generalist for a
+frame sent to it, divided by that network's calibrated threshold, so a frame is unsure when
+its score is over 1.
 
 A gate file (``.npz``: arrays and a JSON header, read with ``allow_pickle=False``) names its
 two weight files, relative to its own folder, with their model ids; loading refuses a gate
@@ -139,13 +144,23 @@ class GateFile:
                    float(header["threshold"]), header["fit"])
 
 
+def network_weights(path: Path | str) -> Path:
+    """The weight file whose body a network built on ``path`` starts from: ``path`` itself,
+    or for a gate file the specialist it names (the network that judges every frame)."""
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        return path
+    return path.parent / GateFile.read(path).specialist
+
+
 def relative_path(target: Path | str, gate_path: Path | str) -> str:
     """``target`` as the gate file at ``gate_path`` records it: relative to its folder."""
     return os.path.relpath(Path(target).resolve(), Path(gate_path).resolve().parent)
 
 
 class GatedAssessor(FrameAssessor):
-    """The specialist for frames like the twin's, the generalist for the rest."""
+    """The specialist for frames like the twin's, the generalist (mixed with the specialist
+    by p(twin)) for the rest."""
 
     def __init__(self, specialist: TipNetAssessor, generalist: TipNetAssessor,
                  gate: LogisticGate, threshold: float, model_id: str) -> None:
@@ -181,7 +196,8 @@ class GatedAssessor(FrameAssessor):
         if routed.any():
             chosen = np.flatnonzero(routed)
             general, general_scores = self.generalist.judge([prepared[int(i)] for i in chosen])
-            probabilities[chosen] = general
+            kept = (p_twin[chosen] / self.threshold)[:, None]  # the specialist's share
+            probabilities[chosen] = kept * probabilities[chosen] + (1.0 - kept) * general
             relative[chosen] = general_scores / _threshold(self.generalist)
         return probabilities, relative, routed
 

@@ -36,7 +36,7 @@ from spm_bluesky.ml.assessor.gate import (
 from spm_bluesky.ml.assessor.synth import generate as synth
 from spm_bluesky.ml.assessor.synth.config import SynthConfig
 from spm_bluesky.ml.assessor.training import prepared
-from spm_bluesky.ml.card import WEIGHTS, weight_file_fields, write_card
+from spm_bluesky.ml.card import GATE, GENERALIST, WEIGHTS, weight_file_fields, write_card
 from spm_bluesky.protocols import CLASSES
 
 
@@ -111,8 +111,7 @@ def train_gate(generalist: Path | str, out: Path | str, specialist: Path | str |
         "held_out": {
             "seeds": held_out.manifest["seeds"],
             "class_counts": held_out.manifest["class_counts"],
-            "command": f"spm-bluesky eval assessor --weights {out} --images "
-                       f"{config.eval_images}",
+            "command": eval_command(out, config.eval_images),
             "set_aside": {"no_molecule": evaluation.no_molecule, "no_flip": evaluation.no_flip},
             "metrics": evaluation.observable.to_json(),
             "all_frames": evaluation.all_frames.to_json(),
@@ -126,15 +125,27 @@ def train_gate(generalist: Path | str, out: Path | str, specialist: Path | str |
 
 def command_for(generalist: Path | str, out: Path | str, specialist: Path | str | None,
                 config: GateConfig) -> str:
-    """The command line that fits this gate again."""
-    command = f"spm-bluesky train gate --generalist {generalist} --out {out}"
-    if specialist is not None:
-        command += f" --specialist {specialist}"
+    """The command line that fits this gate again (the shipped files are the defaults and
+    are left out)."""
+    command = "spm-bluesky train gate" + _option("--generalist", generalist, GENERALIST)
+    command += _option("--out", out, GATE) + _option("--specialist", specialist, WEIGHTS)
     defaults = GateConfig()
     for name, value in asdict(config).items():
         if name != "workers" and value != getattr(defaults, name):
             command += f" --{name.replace('_', '-')} {value:g}"
     return command
+
+
+def eval_command(out: Path | str, images: int) -> str:
+    """The command line that evaluates the gate file ``out`` on the card's held-out set."""
+    return f"spm-bluesky eval assessor{_option('--weights', out, GATE)} --images {images}"
+
+
+def _option(name: str, path: Path | str | None, default: Path) -> str:
+    """`` name path``, or nothing where ``path`` is None or the shipped ``default``."""
+    if path is None or Path(path).resolve() == default.resolve():
+        return ""
+    return f" {name} {path}"
 
 
 def card_summary(card: dict[str, Any]) -> str:

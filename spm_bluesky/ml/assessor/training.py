@@ -55,7 +55,8 @@ Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 NOTES = [
     "Trained on the digital twin only (Ag(100) with MgPc, 5 to 20 nm frames, 64 or 128 px) "
     "with domain randomisation and augmentation; its figures on real STM images are in the "
-    "card's real-set section, written by spm-bluesky eval assessor --real --card.",
+    "card's real-set section, written by spm-bluesky eval assessor --real --card --weights "
+    "FILE.",
     "An unstable tip is recognised by its streaks and flicker: a frame in which it did not "
     "flip (about one in sixteen at 64 px) looks good and is usually called good.",
     "With no molecule in view (bare terrace) a double tip or an adsorbate cannot show; such "
@@ -67,7 +68,7 @@ NOTES = [
 SYNTH_NOTE = ("Trained on the digital twin and on synthetic frames (eight surface families, "
               "real-looking tip defects, instrument noise; spm_bluesky.ml.assessor.synth); "
               "its figures on real STM images are in the card's real-set section, written "
-              "by spm-bluesky eval assessor --real --card.")
+              "by spm-bluesky eval assessor --real --card --weights FILE.")
 
 
 @dataclass(frozen=True)
@@ -299,8 +300,8 @@ def _train(config: TrainConfig, out: Path, data_dir: Path | str | None,
             "seeds": held_out.manifest["seeds"],
             "class_counts": held_out.manifest["class_counts"],
             "pixel_counts": held_out.manifest["pixel_counts"],
-            "command": f"spm-bluesky eval assessor --seed {config.eval_base} "
-                       f"--images {config.eval_images}",
+            "command": f"spm-bluesky eval assessor --weights {out} --seed "
+                       f"{config.eval_base} --images {config.eval_images}",
             "set_aside": {"no_molecule": evaluation.no_molecule,
                           "no_flip": evaluation.no_flip},
             "metrics": evaluation.observable.to_json(),
