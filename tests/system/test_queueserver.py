@@ -22,6 +22,7 @@ from bluesky_queueserver_api import BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
 
 from spm_bluesky import schema
+from spm_bluesky.ml.card import GATE, read_card
 from spm_bluesky.services.epics_env import free_port
 from spm_bluesky.storage import SessionReader, connect, read_image_stream
 from tests.session_helpers import PROFILE_DIR, REPO, clean_env, services_up
@@ -183,4 +184,4 @@ def test_autonomous_session_queued_by_name_lands_in_tiled(
     assert numbers == sorted(set(numbers)) and numbers[-1] <= images
     for run in runs:
         assert run.model_ids[schema.MODEL_POLICY] == "heuristic", run.plan_name
-        assert run.model_ids[schema.MODEL_ASSESSOR].startswith("tipnet-")
+        assert run.model_ids[schema.MODEL_ASSESSOR] == read_card(GATE)["model_id"]  # shipped
