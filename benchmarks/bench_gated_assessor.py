@@ -14,9 +14,10 @@ The gate is :mod:`spm_bluesky.ml.assessor.gate`'s, fitted as ``spm-bluesky train
 it (``--fit-frames`` twin and synthetic validation frames; a training run's ``--data``
 folder is reused); it never sees a real image. A frame goes to the generalist when the
 gate's p(twin) is under the threshold; every threshold of ``--thresholds`` is one row (the
-command's default is 0.5). The last row mixes instead of choosing: each frame's probabilities
-are p(twin) times the specialist's plus 1 - p(twin) times the generalist's (its shares are
-the mean weight on the generalist).
+command's default is 0.5). Each threshold gives two rows: the gated assessor's own rule (a
+frame sent away gets the two networks' probabilities mixed by p(twin)/threshold,
+:func:`~spm_bluesky.ml.assessor.gate.mix`) and, for comparison, choosing (the generalist's
+verdict standing alone).
 
 Figures per row: the share of the twin's held-out frames (5,000, seed 0, as the model card),
 of held-out synthetic frames (1,000, every family) and of the real set sent to the
@@ -39,7 +40,7 @@ from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor import data as ds
 from spm_bluesky.ml.assessor.assessor import load_network
 from spm_bluesky.ml.assessor.evaluation import held_out_randomisation
-from spm_bluesky.ml.assessor.gate import fit_logistic, gate_features
+from spm_bluesky.ml.assessor.gate import fit_logistic, gate_features, mix
 from spm_bluesky.ml.assessor.metrics import roc_auc
 from spm_bluesky.ml.assessor.real_set import (
     RealEvaluation,
@@ -51,6 +52,14 @@ from spm_bluesky.ml.assessor.synth import generate as synth
 from spm_bluesky.ml.assessor.synth.config import SynthConfig
 from spm_bluesky.ml.assessor.training import prepared
 from spm_bluesky.protocols import CLASSES, GOOD
+
+
+def gated(specialist: np.ndarray, generalist: np.ndarray, p_twin: np.ndarray,
+          threshold: float, mixed: bool) -> np.ndarray:
+    """The pair's probabilities: the specialist's where p(twin) reaches the threshold, else
+    the gated assessor's mix (``mixed``) or the generalist's alone."""
+    sent = mix(specialist, generalist, p_twin, threshold) if mixed else generalist
+    return np.where((p_twin < threshold)[:, None], sent, specialist)
 
 
 def main() -> None:
@@ -107,22 +116,17 @@ def main() -> None:
         share = "0 / 0 / 0" if name == "specialist" else "1 / 1 / 1"
         print(row(name, twin_p[name], real_eval[name], share))
     for threshold in args.thresholds:
-        sent = {name: p < threshold for name, p in p_twin.items()}
-        twin_mix = np.where(sent["twin"][:, None], twin_p["generalist"], twin_p["specialist"])
-        real_mix = np.where(sent["real"][:, None], real_eval["generalist"].probabilities,
-                            real_eval["specialist"].probabilities)
-        mixed = reevaluated(real_eval["specialist"], real, real_mix, "gated")
-        shares = " / ".join(f"{sent[n].mean():.3f}" for n in ("twin", "synth", "real"))
-        print(row(f"gated at p(twin) < {threshold:g}", twin_mix, mixed, shares))
-    # The soft alternative: every frame's probabilities are the two networks' mixed by p(twin).
-    g = {name: p[:, None] for name, p in p_twin.items()}
-    twin_blend = g["twin"] * twin_p["specialist"] + (1 - g["twin"]) * twin_p["generalist"]
-    real_blend = (g["real"] * real_eval["specialist"].probabilities
-                  + (1 - g["real"]) * real_eval["generalist"].probabilities)
-    weights = " / ".join(f"{1 - p.mean():.3f}" for p in (p_twin[n] for n in ("twin", "synth",
-                                                                              "real")))
-    print(row("mixed by p(twin)", twin_blend,
-              reevaluated(real_eval["specialist"], real, real_blend, "mixed"), weights))
+        shares = " / ".join(f"{np.mean(p_twin[n] < threshold):.3f}"
+                            for n in ("twin", "synth", "real"))
+        for mixed in (True, False):
+            twin_gated = gated(twin_p["specialist"], twin_p["generalist"], p_twin["twin"],
+                               threshold, mixed)
+            real_gated = gated(real_eval["specialist"].probabilities,
+                               real_eval["generalist"].probabilities, p_twin["real"],
+                               threshold, mixed)
+            print(row(f"gated at p(twin) < {threshold:g}, {'mixed' if mixed else 'chosen'}",
+                      twin_gated, reevaluated(real_eval["specialist"], real, real_gated,
+                                              "gated"), shares))
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 

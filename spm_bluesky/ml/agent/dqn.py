@@ -3,11 +3,11 @@
 The Q-network reuses the assessor's convolutional body (:class:`~.model.TipNet` features,
 global mean and max pooling), initialised from the shipped specialist (the network of the
 shipped gate that judges every frame) and kept frozen, and adds a small head over
-``[pooled features, class probabilities, history]``, the probabilities being the gated
-assessor's: the last two
-actions (one-hot) and the p(good) after each. Freezing the body lets training cache the
-pooled features of every stored image (and of its rot180 / flip-lr / flip-ud copies, the
-replay augmentation DeepSPM used), so an update costs a small MLP instead of a CNN.
+``[pooled features, class probabilities, history]`` (the probabilities are the gated
+assessor's; the history is the last two actions, one-hot, and the p(good) after each).
+Freezing the body lets training cache the pooled features of every stored image (and of its
+rot180 / flip-lr / flip-ud copies, the replay augmentation DeepSPM used), so an update costs
+a small MLP instead of a CNN.
 
 Double DQN: the online network picks the next action, the target network (copied every
 ``target_every`` updates) values it; masked actions get minus infinity at selection and in

@@ -78,6 +78,14 @@ class LogisticGate:
         return np.asarray(1.0 / (1.0 + np.exp(-(z + self.bias))))
 
 
+def mix(specialist: np.ndarray, generalist: np.ndarray, p_twin: np.ndarray,
+        threshold: float) -> np.ndarray:
+    """The gated verdict of frames sent to the generalist (p(twin) under ``threshold``):
+    p(twin)/threshold of the specialist's probabilities and the rest of the generalist's."""
+    kept = (np.asarray(p_twin) / threshold)[:, None]  # the specialist's share
+    return kept * specialist + (1.0 - kept) * generalist
+
+
 def fit_logistic(twin: np.ndarray, other: np.ndarray, l2: float = L2) -> LogisticGate:
     """The logistic regression telling ``twin`` rows from ``other`` rows, fitted by L-BFGS
     from zero weights (deterministic), with a ridge of ``l2`` on standardised features."""
@@ -196,8 +204,8 @@ class GatedAssessor(FrameAssessor):
         if routed.any():
             chosen = np.flatnonzero(routed)
             general, general_scores = self.generalist.judge([prepared[int(i)] for i in chosen])
-            kept = (p_twin[chosen] / self.threshold)[:, None]  # the specialist's share
-            probabilities[chosen] = kept * probabilities[chosen] + (1.0 - kept) * general
+            probabilities[chosen] = mix(probabilities[chosen], general, p_twin[chosen],
+                                        self.threshold)
             relative[chosen] = general_scores / _threshold(self.generalist)
         return probabilities, relative, routed
 
