@@ -6,8 +6,11 @@ source with at least ``--min-images`` scored (not ``unclear``) images, each of `
 seeded, stratified splits keeps ``min(30, n // 2)`` images for fine-tuning (the rest is the
 test) and fine-tunes the base weights on them exactly as ``spm-bluesky train assessor
 --from-tiled`` does (:func:`spm_bluesky.ml.assessor.finetune.finetune`, default
-configuration, the split's seed). The table gives, per source, the mean over splits of the
-balanced accuracy and AUC (good versus bad) on the test images before and after. A source
+configuration, the split's seed: the pull-back strength chosen by cross-validation on the
+split's fine-tuning images alone). "Before" is the base as given (default: the shipped gate,
+both networks); the network fine-tuned is its generalist. The table gives, per source, the
+mean over splits of the balanced accuracy and AUC (good versus bad) on the test images
+before and after, and the anchor each split chose. A source
 whose fine-tuning images are all of one kind is not fine-tuned (the command refuses that
 too): its row says so and keeps the figures before.
 
@@ -21,12 +24,13 @@ import argparse
 import math
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spm_bluesky.ml.assessor.assessor import TipNetAssessor, load_network
+from spm_bluesky.ml.assessor.assessor import TipNetAssessor, load_assessor
 from spm_bluesky.ml.assessor.finetune import (
     FinetuneConfig,
     FinetuneError,
@@ -63,13 +67,18 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-set", type=Path, default=None,
                         help="real_set.npz (default: $SPM_REAL_SET, then the checkout's)")
-    parser.add_argument("--weights", type=Path, default=None, help="base weights (shipped)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="the base: a weight or gate file (the shipped gate; its "
+                             "generalist is fine-tuned)")
+    parser.add_argument("--anchor", type=float, default=None,
+                        help="a fixed L2-SP pull-back strength (default: chosen by "
+                             "cross-validation on each split's fine-tuning labels)")
     parser.add_argument("--splits", type=int, default=3, help="seeded splits per source")
     parser.add_argument("--min-images", type=int, default=8,
                         help="scored images a source needs to take part")
     args = parser.parse_args()
 
-    base = load_network(args.weights, calibrated=False)
+    base = load_assessor(args.weights, calibrated=False)
     net = base_network(args.weights)
     rows = []
     started = time.perf_counter()
@@ -80,6 +89,7 @@ def main() -> None:
         before: dict[str, list[float]] = {"ba": [], "auc": []}
         after: dict[str, list[float]] = {"ba": [], "auc": []}
         refused = ""
+        anchors: list[float] = []
         for seed in range(args.splits):
             train, test = split_held_out(frames, 1 - n_train / len(frames), seed)
             b = good_versus_bad(base, test)
@@ -90,23 +100,25 @@ def main() -> None:
             except FinetuneError:
                 refused = "one class only: not fine-tuned"
                 continue
-            model = finetune(net, train, FinetuneConfig(seed=seed))
-            a = good_versus_bad(TipNetAssessor(model, f"finetuned-{source}-{seed}"), test)
+            tuned = finetune(net, train, replace(FinetuneConfig(seed=seed), anchor=args.anchor))
+            anchors.append(tuned.anchor)
+            a = good_versus_bad(TipNetAssessor(tuned.model, f"finetuned-{source}-{seed}"), test)
             after["ba"].append(a.balanced_accuracy)
             after["auc"].append(a.auc)
         good = sum(frame.label == "good" for frame in frames)
         rows.append((source, len(frames), good, n_train, len(frames) - n_train,
                      nan_mean(before["ba"]), nan_mean(before["auc"]),
-                     nan_mean(after["ba"]), nan_mean(after["auc"]), refused))
+                     nan_mean(after["ba"]), nan_mean(after["auc"]),
+                     " ".join(f"{a:g}" for a in anchors), refused))
         print(f"{source}: done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     print(f"\nbase {base.model_id}; {args.splits} splits per source; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     print(f"{'source':20s} {'n':>3s} {'good':>4s} {'train':>5s} {'test':>4s} "
-          f"{'BA before':>9s} {'AUC before':>10s} {'BA after':>8s} {'AUC after':>9s}")
-    for source, n, good, n_train, n_test, bba, bauc, aba, aauc, refused in rows:
+          f"{'BA before':>9s} {'AUC before':>10s} {'BA after':>8s} {'AUC after':>9s}  anchors")
+    for source, n, good, n_train, n_test, bba, bauc, aba, aauc, chosen, refused in rows:
         print(f"{source:20s} {n:3d} {good:4d} {n_train:5d} {n_test:4d} {bba:9.3f} "
-              f"{bauc:10.3f} {aba:8.3f} {aauc:9.3f}  {refused}")
+              f"{bauc:10.3f} {aba:8.3f} {aauc:9.3f}  {chosen or '-'}  {refused}")
     tuned = [row for row in rows if not math.isnan(row[7])]
     if tuned:
         print(f"\nmean over the {len(tuned)} fine-tuned sources: balanced accuracy "

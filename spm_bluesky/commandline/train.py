@@ -89,7 +89,8 @@ def train_assessor(
              "(labels made in the console, or --labels FILE); needs --out"),
     weights: Path | None = typer.Option(
         None, callback=existing_file, show_default=False,
-        help="with --from-tiled: the assessor to fine-tune (default: shipped)"),
+        help="with --from-tiled: the assessor to fine-tune: a weight file, or a gate file "
+             "whose generalist is fine-tuned (default: the shipped gate's generalist)"),
     session: str | None = typer.Option(
         None, show_default=False,
         help="with --from-tiled: only this session's labels (its uid or a unique prefix)"),
@@ -157,9 +158,10 @@ def _finetune_from_tiled(out: Path, weights: Path | None, seed: int, epochs: int
     from spm_bluesky.storage import LabelError, read_labels
     from spm_bluesky.storage.labels import label_run_uids
 
-    if out.resolve() == WEIGHTS.resolve():
-        raise fail("--from-tiled writes new weights: give --out PATH (the shipped "
-                   "assessor.pt is never overwritten by a fine-tune)", 2)
+    shipped = {path.resolve(): path.name for path in (WEIGHTS, GENERALIST, GATE)}
+    if out.resolve() in shipped:
+        raise fail(f"--from-tiled writes new weights: give --out PATH (the shipped "
+                   f"{shipped[out.resolve()]} is never overwritten by a fine-tune)", 2)
     if session and labels_file:
         raise usage_error("--session", "selects stored labels; not with --labels FILE")
     try:

@@ -20,8 +20,15 @@ from spm_bluesky.commandline import main as cli
 from spm_bluesky.devices.stm import STM
 from spm_bluesky.evaluation.twin_pvs import TruthReader
 from spm_bluesky.ml.agent.policies import policy_by_name
-from spm_bluesky.ml.assessor.assessor import load_assessor
-from spm_bluesky.ml.assessor.finetune import FrameLabel, frames_from_tiled, good_versus_bad
+from spm_bluesky.ml.assessor.assessor import load_assessor, load_network
+from spm_bluesky.ml.assessor.finetune import (
+    ANCHORS,
+    FALLBACK_ANCHOR,
+    FrameLabel,
+    frames_from_tiled,
+    good_versus_bad,
+)
+from spm_bluesky.ml.card import GENERALIST
 from spm_bluesky.plans.autonomous import autonomous_session
 from spm_bluesky.protocols import GOOD
 from spm_bluesky.storage import (
@@ -92,6 +99,10 @@ def test_finetune_from_labels_in_tiled_writes_weights_and_card(tiled_server, key
     assert card["data"]["tiled_uri"] == tiled_server.uri
     assert card["data"]["sessions"] == [uid] and card["data"]["label_runs"] == [label_run]
     assert card["training"]["seed"] == 3
+    # the base: the shipped gate as it judges, and its generalist fine-tuned
+    assert card["base"]["model_id"] == load_assessor().model_id
+    assert card["base"]["network"] == load_network(GENERALIST).model_id
+    assert card["training"]["anchor"] in (*ANCHORS, FALLBACK_ANCHOR)
     client = connect(tiled_server.uri, tiled_server.api_key)
     stored = {f"{lab.run_uid}/{lab.seq_num}": lab for lab in read_labels(client, uid)}
     counted = sum(card["data"]["train_counts"].values()) + sum(

@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spm_bluesky.ml.assessor.assessor import TipNetAssessor, load_assessor
+from spm_bluesky.ml.assessor.assessor import TipNetAssessor, load_network
 from spm_bluesky.ml.assessor.finetune import (
+    ANCHORS,
+    FALLBACK_ANCHOR,
     FinetuneConfig,
     FinetuneError,
     FrameLabel,
     LabelledFrame,
     base_network,
+    base_weight_file,
     check_classes,
     finetune,
     labels_from_file,
@@ -23,6 +26,7 @@ from spm_bluesky.ml.assessor.finetune import (
     split_held_out,
     usable_labels,
 )
+from spm_bluesky.ml.card import GATE, GENERALIST, WEIGHTS
 from spm_bluesky.storage import LabelClass
 from spm_bluesky.twin import TipClass
 from tests.unit.test_assessor import twin_image
@@ -88,14 +92,43 @@ def test_a_fine_tune_moves_the_network_towards_its_labels() -> None:
     blunt = [twin_image(500 + i, TipClass.BLUNT) for i in range(4)]
     frames = ([LabelledFrame(f"g{i}", im, 10e-9, "blunt") for i, im in enumerate(good)]
               + [LabelledFrame(f"b{i}", im, 10e-9, "good") for i, im in enumerate(blunt)])
-    base = load_assessor(calibrated=False)
     net = base_network()
+    base = TipNetAssessor(net, "base")
     before = p_good(base, frames)
-    tuned = TipNetAssessor(finetune(net, frames, FinetuneConfig(views=4, epochs=200)), "t")
+    result = finetune(net, frames, FinetuneConfig(views=4, epochs=200))
+    tuned = TipNetAssessor(result.model, "t")
     after = p_good(tuned, frames)
+    # labels against the base: cross-validation must choose a weak pull back to it
+    assert set(result.cross_validation) == set(ANCHORS)
+    assert result.anchor == min(result.cross_validation, key=result.cross_validation.get)
+    assert result.anchor < ANCHORS[-1]
+    assert result.cross_validation[result.anchor] < result.cross_validation[ANCHORS[-1]]
     assert before[:4].mean() > 0.5 > before[4:].mean()  # the base agrees with the truth
     assert after[:4].mean() < before[:4].mean() - 0.3
     assert after[4:].mean() > before[4:].mean() + 0.3
     np.testing.assert_allclose(p_good(base, frames), before)
     np.testing.assert_allclose(p_good(TipNetAssessor(net, "again"), frames), before,
                                atol=1e-6)
+
+
+def test_with_one_frame_of_a_kind_the_anchor_is_the_fallback() -> None:
+    """Too few frames to cross-validate: the fallback strength, and no losses claimed."""
+    frames = [LabelledFrame(f"g{i}", twin_image(600 + i, TipClass.GOOD), 10e-9, "good")
+              for i in range(3)]
+    frames.append(LabelledFrame("b", twin_image(700, TipClass.BLUNT), 10e-9, "blunt"))
+    result = finetune(base_network(), frames, FinetuneConfig(views=2, epochs=20))
+    assert (result.anchor, result.cross_validation) == (FALLBACK_ANCHOR, {})
+    fixed = finetune(base_network(), frames, FinetuneConfig(views=2, epochs=20, anchor=0.5))
+    assert (fixed.anchor, fixed.cross_validation) == (0.5, {})
+
+
+def test_the_base_of_a_fine_tune_is_the_generalist_unless_given(tmp_path: Path) -> None:
+    """By default, and for a gate file, the generalist (the network that judges unfamiliar
+    instruments' frames); a weight file given is itself."""
+    assert base_weight_file() == GENERALIST
+    assert base_weight_file(GATE) == GENERALIST
+    assert base_weight_file(WEIGHTS) == WEIGHTS
+    net = base_network()
+    assert net.state_dict()["head.weight"].shape == base_network(GATE).state_dict()[
+        "head.weight"].shape
+    assert load_network(GENERALIST).model_id == load_network(base_weight_file()).model_id

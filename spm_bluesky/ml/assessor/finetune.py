@@ -3,12 +3,21 @@
 The shipped assessor learnt from the twin (and synthetic frames); an instrument it never saw
 can look different enough to fool it. A few dozen images labelled by eye adapt it:
 
+- **from what**: the shipped generalist (``generalist.pt``), the network the shipped gate
+  sends unfamiliar instruments' frames to and the better base on the real set's
+  leave-one-source-out experiment (benchmarks/RESULTS.md); a gate file given as the base
+  means its generalist;
 - **what is trained**: the last layer only (the five-class head on the network's pooled
   features), from the base weights, with a pull back towards them (L2-SP: the squared
-  distance to the base head, times :attr:`FinetuneConfig.anchor`). A few dozen frames cannot
+  distance to the base head, times the anchor). A few dozen frames cannot
   retrain convolutions (nor estimate batch-norm statistics), and the features are computed
   once, so fine-tuning takes seconds on a CPU (training every weight took minutes per run
   on the same machine);
+- **how hard it pulls back**: chosen from the labels themselves (:func:`choose_anchor`):
+  each of :data:`ANCHORS` is tried in a stratified cross-validation over the training
+  frames, and the one with the lowest held-out loss wins. Too weak a pull lets a few dozen
+  frames overfit the head; too strong keeps the base's mistakes; which is right depends on
+  the instrument and the labels, so no one value is fixed;
 - **what it sees**: each labelled frame's windows as judged in operation, plus
   :attr:`FinetuneConfig.views` random windows, zooms, noise and flips of it (the training
   augmentation, :mod:`~spm_bluesky.ml.assessor.augment`); the classes weighted so that good
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import json
 import platform
@@ -44,10 +54,15 @@ from torch import nn
 
 from spm_bluesky import schema
 from spm_bluesky.domain import processing
+from spm_bluesky.ml.assessor import gate
 from spm_bluesky.ml.assessor.assessor import (
     MODEL_NAME,
+    FrameAssessor,
     TipNetAssessor,
+    calibrate,
+    frame_scores,
     inference_copy,
+    load_assessor,
     load_network,
     serialise,
     window_outputs,
@@ -56,16 +71,21 @@ from spm_bluesky.ml.assessor.augment import Augmentation, augment_batch
 from spm_bluesky.ml.assessor.model import TipNet
 from spm_bluesky.ml.assessor.real_set import Figures, figures
 from spm_bluesky.ml.card import (
-    WEIGHTS,
+    GENERALIST,
     card_header,
     model_id_for,
-    read_card,
     weight_file_fields,
     write_card,
 )
 from spm_bluesky.protocols import CLASSES, GOOD
 from spm_bluesky.storage import ImageLabel, LabelClass, label_class, read_image_stream
 from spm_bluesky.storage.read import read_stream_table
+
+#: The pull-back strengths (L2-SP) that :func:`choose_anchor` tries.
+ANCHORS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 3e-1, 1.0)
+#: The pull-back strength when the labels are too few to cross-validate (a kind with one
+#: frame): the middle of :data:`ANCHORS`.
+FALLBACK_ANCHOR = 1e-1
 
 
 class FinetuneError(ValueError):
@@ -109,8 +129,11 @@ class FinetuneConfig:
     epochs: int = 300
     learning_rate: float = 1e-2
     weight_decay: float = 0.0
-    #: Weight of the squared distance to the base weights in the loss (L2-SP).
-    anchor: float = 1e-3
+    #: Weight of the squared distance to the base weights in the loss (L2-SP); None: chosen
+    #: among :data:`ANCHORS` by cross-validation on the training labels (:func:`choose_anchor`).
+    anchor: float | None = None
+    #: Folds of that cross-validation (fewer if a kind has fewer frames).
+    folds: int = 4
     #: Share of the labels kept aside for the card's figures (stratified, seeded).
     held_out_fraction: float = 0.25
     threads: int = 2
@@ -165,24 +188,53 @@ def _class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def window_bank(frames: Sequence[LabelledFrame], config: FinetuneConfig
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """The network inputs to learn from, ``(n, 64, 64)``, and their classes: every frame's
-    windows as judged in operation, plus :attr:`FinetuneConfig.views` augmented windows."""
+@dataclass(frozen=True)
+class WindowBank:
+    """The network inputs to learn from: every frame's windows as judged in operation, plus
+    :attr:`FinetuneConfig.views` augmented windows of it, with their owners."""
+
+    #: ``(n, 64, 64)`` prepared windows.
+    windows: np.ndarray = field(repr=False)
+    #: Class index of each window (its frame's label).
+    classes: np.ndarray
+    #: Index of the frame each window comes from.
+    owners: np.ndarray
+    #: True for the windows the frame is judged on in operation (False: augmented views).
+    in_operation: np.ndarray
+    #: Class index of each frame.
+    frame_classes: np.ndarray
+
+
+def window_bank(frames: Sequence[LabelledFrame], config: FinetuneConfig) -> WindowBank:
+    """The :class:`WindowBank` of ``frames`` (augmentation seeded by ``config.seed``)."""
     rng = np.random.default_rng([config.seed, 2929])
     images = [frame.image for frame in frames]
     sizes = np.array([frame.scan_size_m for frame in frames])
     classes = np.array([CLASSES.index(frame.label) for frame in frames])
     operation = processing.prepare_batch(images, sizes)
     windows = [*operation]
-    labels = [np.full(len(w), c) for w, c in zip(operation, classes, strict=True)]
+    owners = [np.full(len(w), i) for i, w in enumerate(operation)]
     for _ in range(config.views):
         windows.append(augment_batch(images, sizes, rng, config.augmentation))
-        labels.append(classes)
-    return np.concatenate(windows), np.concatenate(labels)
+        owners.append(np.arange(len(frames)))
+    owner = np.concatenate(owners)
+    n_operation = sum(len(w) for w in operation)
+    return WindowBank(np.concatenate(windows), classes[owner], owner,
+                      np.arange(len(owner)) < n_operation, classes)
 
 
-def finetune(base: TipNet, frames: Sequence[LabelledFrame], config: FinetuneConfig) -> TipNet:
+@dataclass(frozen=True)
+class Finetuned:
+    """A fine-tuned network and how hard it was pulled back towards its base."""
+
+    model: TipNet
+    anchor: float
+    #: The mean held-out loss of each anchor tried (``{}`` when none was cross-validated).
+    cross_validation: dict[float, float]
+
+
+def finetune(base: TipNet, frames: Sequence[LabelledFrame], config: FinetuneConfig
+             ) -> Finetuned:
     """A copy of ``base`` with its last layer fine-tuned on ``frames`` (see the module
     docstring); ``base`` is left as it was. Deterministic for a seed and torch version."""
     frames = trainable(frames)
@@ -195,37 +247,109 @@ def finetune(base: TipNet, frames: Sequence[LabelledFrame], config: FinetuneConf
         torch.set_num_threads(threads)
 
 
-def _finetune(base: TipNet, frames: Sequence[LabelledFrame], config: FinetuneConfig) -> TipNet:
+def _finetune(base: TipNet, frames: Sequence[LabelledFrame], config: FinetuneConfig
+              ) -> Finetuned:
     torch.manual_seed(config.seed)
-    windows, labels = window_bank(frames, config)
+    bank = window_bank(frames, config)
     model = copy.deepcopy(base).eval()
-    features = torch.from_numpy(window_outputs(inference_copy(model), windows)[1])
-    targets = torch.from_numpy(labels)
-    head = model.head
+    features = torch.from_numpy(window_outputs(inference_copy(model), bank.windows)[1])
+    scores: dict[float, float] = {}
+    anchor = config.anchor
+    if anchor is None:
+        anchor, scores = choose_anchor(model, features, bank, config)
+    _train_head(model.head, features, torch.from_numpy(bank.classes), anchor, config)
+    return Finetuned(model.eval(), anchor, scores)
+
+
+def choose_anchor(model: TipNet, features: torch.Tensor, bank: WindowBank,
+                  config: FinetuneConfig) -> tuple[float, dict[float, float]]:
+    """The anchor of :data:`ANCHORS` with the lowest cross-validated loss, and each one's
+    loss. The training frames are split into stratified, seeded folds (at most
+    ``config.folds``, at most the frames of the rarer kind); for each fold a head trained on
+    the others judges its frames as in operation (their operation windows, the base
+    temperature), and the loss is the class-balanced cross-entropy of good versus bad.
+    With a kind of one frame, :data:`FALLBACK_ANCHOR` and no losses."""
+    good = bank.frame_classes == CLASSES.index(GOOD)
+    folds = min(config.folds, int(good.sum()), int((~good).sum()))
+    if folds < 2:
+        return FALLBACK_ANCHOR, {}
+    fold_of = _stratified_folds(good, folds, config.seed)
+    temperature = float(model.temperature)  # type: ignore[arg-type]
+    losses: dict[float, list[float]] = {anchor: [] for anchor in ANCHORS}
+    for fold in range(folds):
+        train_rows = torch.from_numpy(fold_of[bank.owners] != fold)
+        judged = (fold_of[bank.owners] == fold) & bank.in_operation
+        owners = bank.owners[judged]
+        held = np.unique(owners)
+        counts = [int((owners == i).sum()) for i in held]
+        for anchor in ANCHORS:
+            head = copy.deepcopy(model.head)
+            _train_head(head, features[train_rows],
+                        torch.from_numpy(bank.classes)[train_rows], anchor, config)
+            with torch.no_grad():
+                logits = head(features[torch.from_numpy(judged)]).numpy()
+            p_good = calibrate(frame_scores(logits, counts), temperature)[
+                :, CLASSES.index(GOOD)]
+            losses[anchor].append(_balanced_log_loss(p_good, good[held]))
+    mean = {anchor: float(np.mean(values)) for anchor, values in losses.items()}
+    return min(ANCHORS, key=lambda anchor: mean[anchor]), mean
+
+
+def _stratified_folds(good: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold index per frame: each kind dealt round-robin in a seeded order."""
+    rng = np.random.default_rng([seed, 4343])
+    fold_of = np.zeros(len(good), dtype=int)
+    for kind in (good, ~good):
+        members = np.flatnonzero(kind)[rng.permutation(int(kind.sum()))]
+        fold_of[members] = np.arange(len(members)) % folds
+    return fold_of
+
+
+def _balanced_log_loss(p_good: np.ndarray, is_good: np.ndarray) -> float:
+    """Cross-entropy of p(good), good and bad frames weighing the same."""
+    p = np.clip(p_good, 1e-6, 1 - 1e-6)
+    parts = [-np.log(p[is_good]).mean() if is_good.any() else None,
+             -np.log(1 - p[~is_good]).mean() if (~is_good).any() else None]
+    return float(np.mean([part for part in parts if part is not None]))
+
+
+def _train_head(head: nn.Linear, features: torch.Tensor, targets: torch.Tensor,
+                anchor: float, config: FinetuneConfig) -> None:
+    """Train ``head`` in place: class-balanced cross-entropy plus ``anchor`` times the
+    squared distance to its starting weights, full-batch AdamW for ``config.epochs``."""
     anchors = [p.detach().clone() for p in head.parameters()]
-    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(labels))
+    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(targets.numpy()))
     optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     for _ in range(config.epochs):
         loss = loss_fn(head(features), targets)
         pull = sum(((p - a) ** 2).sum() for p, a in zip(head.parameters(), anchors,
                                                          strict=True))
-        loss = loss + config.anchor * pull
+        loss = loss + anchor * pull
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-    return model.eval()
+
+
+def base_weight_file(weights: Path | None = None) -> Path:
+    """The weight file a fine-tune starts from: ``weights``, or for a gate file the
+    generalist it names, or by default the shipped generalist."""
+    if weights is None:
+        return GENERALIST
+    if weights.suffix == gate.SUFFIX:
+        return weights.parent / gate.GateFile.read(weights).generalist
+    return weights
 
 
 def base_network(weights: Path | None = None) -> TipNet:
-    """The network of a weight file (default: the shipped one), to fine-tune from; read with
+    """The network of :func:`base_weight_file`, to fine-tune from; read with
     ``torch.load(weights_only=True)``."""
-    source = WEIGHTS if weights is None else weights
+    source = base_weight_file(weights)
     state = torch.load(io.BytesIO(source.read_bytes()), map_location="cpu", weights_only=True)
     return TipNet.from_state_dict(state)
 
 
-def p_good(assessor: TipNetAssessor, frames: Sequence[LabelledFrame]) -> np.ndarray:
+def p_good(assessor: FrameAssessor, frames: Sequence[LabelledFrame]) -> np.ndarray:
     """The assessor's p(good) of each frame."""
     if not frames:
         return np.zeros(0)
@@ -233,7 +357,7 @@ def p_good(assessor: TipNetAssessor, frames: Sequence[LabelledFrame]) -> np.ndar
         [frame.image for frame in frames], [frame.scan_size_m for frame in frames])])
 
 
-def good_versus_bad(assessor: TipNetAssessor, frames: Sequence[LabelledFrame]) -> Figures:
+def good_versus_bad(assessor: FrameAssessor, frames: Sequence[LabelledFrame]) -> Figures:
     """Balanced accuracy, AUC and the rest of the real set's figures on ``frames``."""
     return figures([frame.label for frame in frames], p_good(assessor, frames))
 
@@ -335,6 +459,8 @@ def finetune_and_write(base_weights: Path | None, frames: Sequence[LabelledFrame
     """Split, fine-tune, measure before and after on the held-out labels, write the weights
     and their model card (``<stem>.card.json``, ``<STEM>_CARD.md``) beside ``out``.
 
+    ``base_weights`` is the assessor given as the base (default: the shipped gate); "before"
+    is that assessor as it judges, and the network fine-tuned is :func:`base_weight_file`.
     Checks come first: :class:`FinetuneError` before anything is written.
     """
     started = time.perf_counter()
@@ -342,16 +468,21 @@ def finetune_and_write(base_weights: Path | None, frames: Sequence[LabelledFrame
     check_classes(usable)
     train_frames, held = split_held_out(usable, config.held_out_fraction, config.seed)
     check_classes(train_frames)
-    base = load_network(base_weights, calibrated=False)
-    model = finetune(base_network(base_weights), train_frames, config)
-    weights = serialise(model)
+    given = load_assessor(base_weights, calibrated=False)
+    network_file = base_weight_file(base_weights)
+    result = finetune(base_network(base_weights), train_frames, config)
+    weights = serialise(result.model)
     model_id = model_id_for(MODEL_NAME, weights)
-    tuned = TipNetAssessor(model, model_id)
-    before, after = good_versus_bad(base, held), good_versus_bad(tuned, held)
+    tuned = TipNetAssessor(result.model, model_id)
+    before, after = good_versus_bad(given, held), good_versus_bad(tuned, held)
     wall = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(weights)
-    card = _card(base, base_weights, weights, model_id, out, config, source, command,
+    base = {"model_id": given.model_id, "file": str(base_weights or "shipped"),
+            "network": load_network(network_file, calibrated=False).model_id,
+            "network_file": network_file.name,
+            "network_sha256": hashlib.sha256(network_file.read_bytes()).hexdigest()}
+    card = _card(base, weights, model_id, out, config, result, source, command,
                  train_frames, held, before, after, wall)
     card_path = write_card(card, out, render_markdown)
     return FinetuneResult(out, card_path, model_id, before, after, len(train_frames),
@@ -363,20 +494,18 @@ def _counts(frames: Sequence[LabelledFrame]) -> dict[str, int]:
     return {c: counted[c] for c in CLASSES if counted[c]}
 
 
-def _card(base: TipNetAssessor, base_weights: Path | None, weights: bytes, model_id: str,
-          out: Path, config: FinetuneConfig, source: LabelSource, command: str,
+def _card(base: dict[str, Any], weights: bytes, model_id: str, out: Path,
+          config: FinetuneConfig, result: Finetuned, source: LabelSource, command: str,
           train_frames: Sequence[LabelledFrame], held: Sequence[LabelledFrame],
           before: Figures, after: Figures, wall: float) -> dict[str, Any]:
-    try:
-        base_card = read_card(base_weights) if base_weights else read_card()
-    except OSError:
-        base_card = {}
+    how = ("given" if config.anchor is not None else
+           "the lowest cross-validated loss" if result.cross_validation else
+           "the fallback: too few frames of one kind to cross-validate")
     return {
         "name": "tipnet assessor, fine-tuned from labels",
         **weight_file_fields(model_id, out, weights),
         "classes": list(CLASSES),
-        "base": {"model_id": base.model_id, "file": str(base_weights or "shipped"),
-                 "sha256": base_card.get("sha256")},
+        "base": base,
         "data": {
             "tiled_uri": source.tiled_uri,
             "sessions": list(source.sessions),
@@ -392,9 +521,13 @@ def _card(base: TipNetAssessor, base_weights: Path | None, weights: bytes, model
             "command": command,
             "seed": config.seed,
             "config": asdict(config),
-            "method": "all weights from the base, batch norm frozen, L2-SP pull to the base "
-                      "weights, class-balanced cross-entropy, augmented windows; base "
-                      "temperature kept",
+            "method": f"the last layer of {base['network_file']} only, from its weights; "
+                      "class-balanced cross-entropy on the frames' windows and augmented "
+                      f"views; L2-SP pull to the base head of strength {result.anchor:g} "
+                      f"({how}); base temperature kept",
+            "anchor": result.anchor,
+            "cross_validation": {f"{anchor:g}": round(loss, 4)
+                                 for anchor, loss in result.cross_validation.items()},
             "wall_time_s": round(wall, 1),
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -403,6 +536,8 @@ def _card(base: TipNetAssessor, base_weights: Path | None, weights: bytes, model
         "notes": ["The unsure calibration of the base weights is not carried over: these "
                   "weights abstain from nothing until `spm-bluesky train unsure` calibrates "
                   "them.",
+                  "'before' is the base assessor as given (by default the shipped gate, "
+                  "both networks); 'after' is the fine-tuned network alone.",
                   "Figures on the held-out labels of the same images' source: few images, "
                   "wide uncertainty."],
     }
@@ -419,7 +554,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     data, training, held = card["data"], card["training"], card["held_out"]
     lines = [
         *card_header(card, "`spm-bluesky train assessor --from-tiled`"),
-        f"| base | `{card['base']['model_id']}` ({card['base']['file']}) |",
+        f"| base | `{card['base']['model_id']}` ({card['base']['file']}); its network "
+        f"`{card['base']['network']}` ({card['base']['network_file']}) fine-tuned |",
         f"| Tiled | {data['tiled_uri']} |",
         f"| sessions | {', '.join(data['sessions']) or '-'} |",
         f"| label runs | {', '.join(data['label_runs']) or '-'} |",
