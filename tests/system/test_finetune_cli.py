@@ -28,7 +28,7 @@ from spm_bluesky.ml.assessor.finetune import (
     frames_from_tiled,
     good_versus_bad,
 )
-from spm_bluesky.ml.card import GENERALIST
+from spm_bluesky.ml.card import GATE, GENERALIST
 from spm_bluesky.plans.autonomous import autonomous_session
 from spm_bluesky.protocols import GOOD
 from spm_bluesky.storage import (
@@ -165,6 +165,12 @@ def test_bad_labels_are_exit_2_and_write_nothing(capsys, tiled_server, key_file,
         assert code == 2, (args, err)
         assert message in err and len(err.splitlines()) == 1, (args, err)
         assert not out.exists() and not (tmp_path / "mine.card.json").exists()
+    for shipped_file in (GENERALIST, GATE):  # no shipped file is ever overwritten
+        before = shipped_file.read_bytes()
+        code, err = finetune_here(capsys, tiled_server, key_file, "--session", uid,
+                                  "--out", shipped_file)
+        assert code == 2 and f"the shipped {shipped_file.name} is never overwritten" in err
+        assert shipped_file.read_bytes() == before
     # One refusal as a real subprocess: the exit status and stderr the shell sees.
     shipped = finetune(tiled_server, key_file, "--session", uid)
     assert shipped.returncode == 2 and "give --out" in shipped.stderr
