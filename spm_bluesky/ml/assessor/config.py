@@ -23,7 +23,8 @@ class GoodWeightOn(StrEnum):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines the weights, besides torch's version and thread count."""
+    """Everything that determines the weights, besides the CPU, torch's version and the
+    thread count."""
 
     seed: int = 0
     #: Twin frames (:mod:`spm_bluesky.ml.assessor.data`).

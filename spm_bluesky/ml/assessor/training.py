@@ -3,8 +3,9 @@ the unsure calibration, model card.
 
 ``spm-bluesky train assessor`` runs :func:`train`. Everything random derives from the seed
 (twin images, weight init, shuffling, augmentation, dropout) and torch runs with
-deterministic algorithms, so the same command on the same torch version and thread count
-rewrites the shipped weights bit for bit.
+deterministic algorithms, so the same command on the same machine (CPU), torch version and
+thread count rewrites the shipped weights bit for bit; another CPU renders the same images
+but trains to other bits.
 """
 
 from __future__ import annotations
