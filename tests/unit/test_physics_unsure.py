@@ -94,6 +94,18 @@ def test_unsure_calibration_flags_far_features_and_keeps_its_rate(tmp_path):
     assert unsure.load_calibration(tmp_path / "absent.pt", "tipnet-test") is None
 
 
+def test_unsure_scores_are_the_mahalanobis_distance_to_the_nearest_mean():
+    """The expanded form the assessor computes equals the definition, class by class."""
+    rng = np.random.default_rng(3)
+    fit = np.concatenate([_features(rng, 200, 0.0), _features(rng, 200, 4.0)])
+    calibration = unsure.fit(fit, np.repeat([0, 1], 200), fit, [1] * 400, "tipnet-test")
+    x = np.concatenate([_features(rng, 20, 0.0), _features(rng, 20, 4.0),
+                        _features(rng, 5, 30.0)])
+    diff = x[:, None, :] - calibration.means[None]
+    direct = np.einsum("nck,kl,ncl->nc", diff, calibration.precision, diff).min(axis=1)
+    np.testing.assert_allclose(calibration.scores(x), direct, rtol=1e-9, atol=1e-9)
+
+
 def test_unsure_calibration_needs_more_windows_than_features():
     rng = np.random.default_rng(2)
     with pytest.raises(ValueError, match="more labelled windows"):
