@@ -24,7 +24,6 @@ import argparse
 import math
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +99,7 @@ def main() -> None:
             except FinetuneError:
                 refused = "one class only: not fine-tuned"
                 continue
-            tuned = finetune(net, train, replace(FinetuneConfig(seed=seed), anchor=args.anchor))
+            tuned = finetune(net, train, FinetuneConfig(seed=seed, anchor=args.anchor))
             anchors.append(tuned.anchor)
             a = good_versus_bad(TipNetAssessor(tuned.model, f"finetuned-{source}-{seed}"), test)
             after["ba"].append(a.balanced_accuracy)

@@ -63,7 +63,6 @@ from spm_bluesky.ml.assessor.assessor import (
     frame_scores,
     inference_copy,
     load_assessor,
-    load_network,
     serialise,
     window_outputs,
 )
@@ -275,19 +274,21 @@ def choose_anchor(model: TipNet, features: torch.Tensor, bank: WindowBank,
         return FALLBACK_ANCHOR, {}
     fold_of = _stratified_folds(good, folds, config.seed)
     temperature = float(model.temperature)  # type: ignore[arg-type]
+    classes = torch.from_numpy(bank.classes)
     losses: dict[float, list[float]] = {anchor: [] for anchor in ANCHORS}
     for fold in range(folds):
         train_rows = torch.from_numpy(fold_of[bank.owners] != fold)
         judged = (fold_of[bank.owners] == fold) & bank.in_operation
+        train_features, train_classes = features[train_rows], classes[train_rows]
+        judged_features = features[torch.from_numpy(judged)]
         owners = bank.owners[judged]
         held = np.unique(owners)
         counts = [int((owners == i).sum()) for i in held]
         for anchor in ANCHORS:
             head = copy.deepcopy(model.head)
-            _train_head(head, features[train_rows],
-                        torch.from_numpy(bank.classes)[train_rows], anchor, config)
+            _train_head(head, train_features, train_classes, anchor, config)
             with torch.no_grad():
-                logits = head(features[torch.from_numpy(judged)]).numpy()
+                logits = head(judged_features).numpy()
             p_good = calibrate(frame_scores(logits, counts), temperature)[
                 :, CLASSES.index(GOOD)]
             losses[anchor].append(_balanced_log_loss(p_good, good[held]))
@@ -478,10 +479,11 @@ def finetune_and_write(base_weights: Path | None, frames: Sequence[LabelledFrame
     wall = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(weights)
+    network_bytes = network_file.read_bytes()
     base = {"model_id": given.model_id, "file": str(base_weights or "shipped"),
-            "network": load_network(network_file, calibrated=False).model_id,
+            "network": model_id_for(MODEL_NAME, network_bytes),
             "network_file": network_file.name,
-            "network_sha256": hashlib.sha256(network_file.read_bytes()).hexdigest()}
+            "network_sha256": hashlib.sha256(network_bytes).hexdigest()}
     card = _card(base, weights, model_id, out, config, result, source, command,
                  train_frames, held, before, after, wall)
     card_path = write_card(card, out, render_markdown)
