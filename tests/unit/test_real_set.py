@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -130,23 +131,35 @@ def test_licences_are_allowed_and_every_source_is_credited(meta):
     sources_md = (rs.REAL_DIR / "SOURCES.md").read_text()
     for record in meta["images"]:
         assert record["licence"] in rs.ALLOWED_LICENCES, record["id"]
-        assert len(record["commit"]) == 40 and len(record["blob"]) == 40, record["id"]
+        if "package" in record:  # from a package archive: pinned by the archive's sha256
+            assert len(record["archive_sha256"]) == 64 and record["licence_file"], record["id"]
+            assert record["archive"] and record["version"], record["id"]
+        else:  # from a git repository: pinned by commit and blob
+            assert len(record["commit"]) == 40 and len(record["blob"]) == 40, record["id"]
     for key, source in meta["sources"].items():
         assert source["licence"] in rs.ALLOWED_LICENCES, key
+        mine = [u for u in meta["images"] if u["source"] == key]
         # A source's files may sit in more than one repository: each is credited.
         for repository in {source["repository"]} | {
-                u["repository"] for u in meta["images"] if u["source"] == key}:
+                u["repository"] for u in mine if "repository" in u}:
             url = f"https://github.com/{repository}"
             assert url in notice, f"{url} is not credited in NOTICE"
             assert repository in sources_md, f"{repository} ({key}) is missing from SOURCES.md"
-        for commit in {u["commit"] for u in meta["images"] if u["source"] == key}:
+        for commit in {u["commit"] for u in mine if "commit" in u}:
             assert commit in notice, f"commit {commit} of {key} is not in NOTICE"
+        for record in (u for u in mine if "package" in u):
+            url = f"https://pypi.org/project/{record['package']}/{record['version']}/"
+            assert url in notice, f"{url} ({key}) is not credited in NOTICE"
+            for text, where in ((notice, "NOTICE"), (sources_md, "SOURCES.md")):
+                assert record["archive_sha256"] in text, f"{record['archive']} not in {where}"
 
 
 def test_units_cut_from_one_frame_do_not_overlap(meta):
-    frames: dict[tuple[str, int], list[list[int]]] = {}
+    frames: dict[tuple[str, str, int], list[list[int]]] = {}
     for record in meta["images"]:
-        frames.setdefault((record["path"], record["frame"]), []).append(record["crop_px"])
+        origin = record.get("repository") or f"{record['package']} {record['version']}"
+        frames.setdefault((origin, record["path"], record["frame"]), []).append(
+            record["crop_px"])
     for crops in frames.values():
         for k, (r0, c0, n0) in enumerate(crops):
             for r1, c1, n1 in crops[k + 1:]:
@@ -319,9 +332,54 @@ def test_eval_real_without_the_set_is_one_line(tmp_path, monkeypatch, capsys):
 def test_the_build_script_documents_every_source(meta):
     script = (REPO / "tools" / "build_real_set.py").read_text()
     for record in meta["images"]:
-        assert record["blob"] in script and record["commit"] in script, record["id"]
+        if "package" in record:
+            assert record["archive_sha256"] in script and record["archive"] in script, \
+                record["id"]
+        else:
+            assert record["blob"] in script and record["commit"] in script, record["id"]
         assert Path(record["path"]).name in script, record["id"]
     assert shutil.which("git") is not None  # the script reads files with git
+
+
+def _builder() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_real_set",
+                                                  REPO / "tools" / "build_real_set.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_build_script_checks_package_archives(tmp_path):
+    """A file from a package archive (sdist or wheel) is read only from the archive whose
+    sha256 was recorded; another archive, or none, stops the build."""
+    import dataclasses
+    import io
+    import tarfile
+
+    builder = _builder()
+    member, payload = "pkg-1.0/data/frame.sxm", b"not really a frame"
+    sdist = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tarred:
+        info = tarfile.TarInfo(member)
+        info.size = len(payload)
+        tarred.addfile(info, io.BytesIO(payload))
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zipped:
+        zipped.writestr("pkg/data/frame.sxm", payload)
+    for archive, path in ((sdist, member), (wheel, "pkg/data/frame.sxm")):
+        file = builder.PackageFile("nanonis-palma", "pkg", "1.0", archive.name,
+                                   hashlib.sha256(archive.read_bytes()).hexdigest(), path,
+                                   "not stated", "LICENSE")
+        assert builder._archive_member(tmp_path, file) == payload
+        with pytest.raises(SystemExit, match="not the recorded"):
+            builder._archive_member(tmp_path, dataclasses.replace(file, sha256="0" * 64))
+        with pytest.raises(SystemExit, match="no archive"):
+            builder._archive_member(tmp_path / "elsewhere", file)
+    assert {f.source for f in builder.PACKAGE_FILES} <= set(builder.SOURCES)
 
 
 # --- (c) the goals, with the shipped weights -----------------------------------------------
