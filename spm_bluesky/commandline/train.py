@@ -38,8 +38,8 @@ train_app = typer.Typer(no_args_is_help=True, help="Train a model from twin data
 _DEFAULTS = TrainConfig()
 _GATE = GateConfig()
 #: Options of training from rendered images, which a fine-tune from Tiled has no use for.
-_TRAINING_ONLY = ("images", "synth_images", "leave_out", "scale_free", "good_weight",
-                  "good_weight_on", "width", "data", "workers")
+_TRAINING_ONLY = ("images", "synth_images", "leave_out", "visible_ghosts", "scale_free",
+                  "good_weight", "good_weight_on", "width", "data", "workers")
 
 
 @train_app.command("assessor")
@@ -58,6 +58,10 @@ def train_assessor(
         None, metavar="FAMILY", show_default=False,
         help="train without this synthetic surface family (to test on it): "
              + ", ".join(FAMILY_NAMES)),
+    visible_ghosts: bool = typer.Option(
+        _DEFAULTS.synth.visible_ghosts, "--visible-ghosts",
+        help="label a synthetic frame multi_apex only if its ghost shows (off for the "
+             "shipped weights)"),
     scale_free: bool = typer.Option(
         _DEFAULTS.scale_free, "--scale-free",
         help="the network rescales each window by its own height range (not an absolute "
@@ -140,6 +144,8 @@ def train_assessor(
                          good_weight_on=good_weight_on, width=width)
     if leave_out is not None:
         config = replace(config, synth=config.synth.without(leave_out))
+    if visible_ghosts:
+        config = replace(config, synth=replace(config.synth, visible_ghosts=True))
     result = train(config, out=out, data_dir=data, progress=True)
     print(f"wrote {result.weights} ({result.model_id}), card {result.card}; "
           f"temperature {result.temperature:.3f}; {result.wall_time_s:.0f} s")

@@ -258,7 +258,8 @@ def test_train_assessor_checks_the_good_weight_before_training(capsys, tmp_path,
 
 
 @pytest.mark.parametrize("given", [("--good-weight", "4"), ("--scale-free",),
-                                   ("--images", "20000"), ("--synth-images", "0"),
+                                   ("--visible-ghosts",), ("--images", "20000"),
+                                   ("--synth-images", "0"),
                                    ("--leave-out", "layer"), ("--data", "shards"),
                                    ("--workers", "2")])
 def test_a_fine_tune_refuses_the_options_of_training_from_rendered_images(capsys, tmp_path,
@@ -272,6 +273,28 @@ def test_a_fine_tune_refuses_the_options_of_training_from_rendered_images(capsys
     assert_one_line(err)
     assert f"{given[0]}: does not apply with --from-tiled" in err
     assert not out.parent.exists() and not (tmp_path / "data").exists()
+
+
+def test_train_assessor_passes_visible_ghosts_to_the_synthetic_frames(capsys, tmp_path,
+                                                                      monkeypatch):
+    """``--visible-ghosts`` reaches the training configuration's synthetic frames; without
+    it they are rendered as for the shipped weights."""
+    import types
+
+    import spm_bluesky.ml.assessor.training as training
+
+    seen = []
+
+    def capture(config, **_):
+        seen.append(config.synth.visible_ghosts)
+        return types.SimpleNamespace(weights="a.pt", model_id="tipnet-0", card="a.card.json",
+                                     temperature=1.0, wall_time_s=0.0)
+
+    monkeypatch.setattr(training, "train", capture)
+    for flag in ([], ["--visible-ghosts"]):
+        code, _, err = spm(capsys, "train", "assessor", *flag, "--out", tmp_path / "a.pt")
+        assert code == 0, err
+    assert seen == [False, True]
 
 
 def _closed_port() -> int:

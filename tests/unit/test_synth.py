@@ -117,6 +117,56 @@ def test_blunt_tip_removes_detail_and_ghosts_add_features():
     assert (double > 0.3).mean() > (sharp > 0.3).mean()  # each molecule seen twice
 
 
+def test_ghost_visibility_sees_doubled_features_and_not_a_shifted_lattice():
+    """Isolated molecules seen twice raise the autocorrelation at the ghost's shift; a
+    ghost of a one-wave lattice is the same lattice again, and one closer than the
+    features' own size barely changes the image: neither shows."""
+    grid = surfaces.Grid(128, 10.0)
+    x, y = grid.coords()
+    rng = np.random.default_rng(5)
+    centres = rng.uniform(1.0, 9.0, (12, 2))
+    molecules = sum(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 0.25**2))
+                    for cx, cy in centres)
+    shift = (0.0, 1.5 / grid.pixel_nm)  # 1.5 nm, six times the molecules' width
+    doubled = molecules + 0.8 * tips.shift_image(molecules, shift, order=1, mode="nearest")
+    assert tips.ghost_visibility(tips.Ghosts(doubled, molecules, (shift,))) > 0.3
+    lattice = np.cos(2 * np.pi * x / 0.7)
+    ghosted = lattice + 0.8 * tips.shift_image(lattice, shift, order=1, mode="nearest")
+    assert abs(tips.ghost_visibility(tips.Ghosts(ghosted, lattice, (shift,)))) < 0.05
+    close = (0.0, 0.05 / grid.pixel_nm)  # a fifth of a molecule's width
+    smeared = molecules + 0.8 * tips.shift_image(molecules, close, order=1, mode="nearest")
+    assert tips.ghost_visibility(tips.Ghosts(smeared, molecules, (close,))) < synth.VISIBLE_GHOST
+
+
+def test_visible_ghosts_keeps_only_multi_apex_frames_whose_ghost_shows(monkeypatch):
+    """With ``visible_ghosts`` every multi-apex frame's ghost shows; without it about half do
+    not (the shipped weights' data, rendered as before); other classes are unchanged."""
+    visible = replace(CONFIG, visible_ghosts=True)
+    kept: list[float] = []
+    drawn = tips.multi_apex_ghosts
+
+    def recording(*args):
+        ghosts = drawn(*args)
+        kept.append(tips.ghost_visibility(ghosts))
+        return ghosts
+
+    monkeypatch.setattr(tips, "multi_apex_ghosts", recording)
+    multi_apex = CLASSES.index("multi_apex")
+    plain = []
+    for seed in range(30):
+        kept.clear()
+        synth.render(seed, multi_apex, CONFIG)
+        plain.append(kept[-1])
+        kept.clear()
+        synth.render(seed, multi_apex, visible)
+        assert kept[-1] >= synth.VISIBLE_GHOST, seed
+        assert all(v < synth.VISIBLE_GHOST for v in kept[:-1])  # drawn again only if hidden
+    assert 0.2 < np.mean(np.array(plain) < synth.VISIBLE_GHOST) < 0.8
+    for label in set(range(len(CLASSES))) - {multi_apex}:
+        assert np.array_equal(synth.render(7, label, CONFIG)[0],
+                              synth.render(7, label, visible)[0])
+
+
 def test_noise_families_are_scaled_to_the_level_asked_for():
     rng = np.random.default_rng(0)
     for _ in range(10):

@@ -25,6 +25,11 @@ class SynthConfig:
     step_height: tuple[float, float] = (1.0 * ANGSTROM, 2.5 * ANGSTROM)
     #: Surface families drawn from (uniformly): all of :data:`FAMILY_NAMES` by default.
     families: tuple[str, ...] = FAMILY_NAMES
+    #: Keep a multi-apex frame only if its ghost shows (the surface and the tip are drawn
+    #: again until it does; :data:`.generate.VISIBLE_GHOST`). Off: a ghost of a periodic
+    #: pattern, or one closer than the features' size, is labelled multi_apex all the same,
+    #: though the frame is one a good tip could give.
+    visible_ghosts: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.families) - set(FAMILY_NAMES)

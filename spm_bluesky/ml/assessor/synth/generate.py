@@ -58,6 +58,12 @@ ADSORBATE_SHOWS = ("molecules", "layer", "porous")
 #: lattice of adsorbates, so no one could label it from the frame. There an adsorbate shows
 #: only as structureless blobs.
 INVERSION_SHOWS = ("molecules",)
+#: With :attr:`SynthConfig.visible_ghosts`, a multi-apex frame is kept only if its ghost
+#: raises the autocorrelation at its shift by this much (:func:`tips.ghost_visibility`;
+#: isolated features doubled by a ghost of weight 0.5 to 1 raise it by about 0.4 to 0.5).
+VISIBLE_GHOST = 0.1
+#: Surfaces and tips drawn for one multi-apex frame before giving up on a seed.
+GHOST_ATTEMPTS = 60
 
 
 @dataclass(frozen=True)
@@ -99,17 +105,29 @@ def render(seed: int, label: int, config: SynthConfig) -> tuple[np.ndarray, Synt
         families = tuple(f for f in families if f not in FEATURELESS) or families
     elif name == "adsorbate":
         families = tuple(f for f in families if f in ADSORBATE_SHOWS) or families
-    family = families[int(rng.integers(len(families)))]
-    corrugation = _log_uniform(rng, config.corrugation_log)
-    heights = corrugation * surfaces.FAMILIES[family](grid, rng)
-    steps = (family != "terraces" and "terraces" in config.families
-             and bool(rng.random() < config.steps_probability))
-    if steps:
-        heights += rng.uniform(*config.step_height) * surfaces.terraces(grid, rng)
-    if name == "adsorbate":
-        image = tips.adsorbate(heights, grid.pixel_nm, rng, invert=family in INVERSION_SHOWS)
+    attempts = GHOST_ATTEMPTS if name == "multi_apex" and config.visible_ghosts else 1
+    for _ in range(attempts):
+        family = families[int(rng.integers(len(families)))]
+        corrugation = _log_uniform(rng, config.corrugation_log)
+        heights = corrugation * surfaces.FAMILIES[family](grid, rng)
+        steps = (family != "terraces" and "terraces" in config.families
+                 and bool(rng.random() < config.steps_probability))
+        if steps:
+            heights += rng.uniform(*config.step_height) * surfaces.terraces(grid, rng)
+        if name == "adsorbate":
+            image = tips.adsorbate(heights, grid.pixel_nm, rng,
+                                   invert=family in INVERSION_SHOWS)
+        elif name == "multi_apex":
+            ghosts = tips.multi_apex_ghosts(heights, grid.pixel_nm, rng)
+            image = ghosts.image
+            if config.visible_ghosts and tips.ghost_visibility(ghosts) < VISIBLE_GHOST:
+                continue  # a ghost no one could see: draw the surface and the tip again
+        else:
+            image = tips.TIPS[name](heights, grid.pixel_nm, rng)
+        break
     else:
-        image = tips.TIPS[name](heights, grid.pixel_nm, rng)
+        raise RuntimeError(f"seed {seed}: no multi-apex frame with a visible ghost in "
+                           f"{attempts} draws")
     sigma = corrugation * _log_uniform(rng, config.noise_log)
     image, drawn = add_noise(image, sigma, rng)
     changes = 0

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -36,23 +37,69 @@ def good(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator) -> np.n
     return _blur(heights, _log_uniform(rng, 0.05, 0.2), pixel_nm)
 
 
+@dataclass(frozen=True)
+class Ghosts:
+    """A multi-apex tip's image, the single apex's image under it, and where the ghosts sit."""
+
+    image: np.ndarray
+    sharp: np.ndarray
+    #: Each ghost's shift (rows, columns) in pixels.
+    offsets: tuple[tuple[float, float], ...]
+
+
 def multi_apex(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator) -> np.ndarray:
     """One or two ghost apexes: shifted copies, as the highest apex or summed."""
+    return multi_apex_ghosts(heights, pixel_nm, rng).image
+
+
+def multi_apex_ghosts(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator
+                      ) -> Ghosts:
+    """:func:`multi_apex`, with the single apex's image and the ghosts' shifts."""
     sharp = good(heights, pixel_nm, rng)
     out = sharp.copy()
     combine_max = rng.random() < 0.5
     span = np.ptp(sharp) or 1.0
+    offsets = []
     for _ in range(1 + int(rng.random() < 0.3)):
         distance = max(_log_uniform(rng, 0.3, 3.0), 1.5 * pixel_nm)
         angle = rng.uniform(0, 2 * math.pi)
         offset = (distance * math.sin(angle) / pixel_nm, distance * math.cos(angle) / pixel_nm)
+        offsets.append(offset)
         ghost = shift_image(sharp, offset, order=1, mode="nearest")
         weight = rng.uniform(0.5, 1.0)
         if combine_max:
             out = np.maximum(out, weight * ghost - rng.uniform(0.0, 0.3) * span)
         else:
             out = out + weight * ghost
-    return out
+    return Ghosts(out, sharp, tuple(offsets))
+
+
+def ghost_visibility(ghosts: Ghosts) -> float:
+    """How plainly the ghosts show: over the ghosts' shifts, the largest rise of the image's
+    autocorrelation at that shift above the single apex's.
+
+    Every feature doubled at one shift is what a person sees of a double tip, and what the
+    autocorrelation measures there (about w / (1 + w^2), 0.4 to 0.5, for isolated features
+    and a ghost of weight w). A ghost of a periodic pattern, or one closer than the features'
+    own size, changes the autocorrelation little: the image is then one a good tip could
+    give, and no one could label it multi_apex.
+    """
+    return max(_correlation_at(ghosts.image, offset) - _correlation_at(ghosts.sharp, offset)
+               for offset in ghosts.offsets)
+
+
+def _correlation_at(image: np.ndarray, offset: tuple[float, float]) -> float:
+    """Pearson correlation of ``image`` with itself shifted by ``offset`` (px), on the part
+    that both cover."""
+    margin = math.ceil(max(abs(offset[0]), abs(offset[1]))) + 1
+    if 2 * margin >= min(image.shape) - 2:
+        return 0.0
+    shifted = shift_image(image, offset, order=1, mode="nearest")
+    a = image[margin:-margin, margin:-margin].ravel()
+    b = shifted[margin:-margin, margin:-margin].ravel()
+    a, b = a - a.mean(), b - b.mean()
+    norm = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / norm if norm > 0 else 0.0
 
 
 def blunt(heights: np.ndarray, pixel_nm: float, rng: np.random.Generator) -> np.ndarray:
