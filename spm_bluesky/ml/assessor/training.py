@@ -364,6 +364,8 @@ def command_for(config: TrainConfig, out: Path) -> str:
     left_out = [f for f in FAMILY_NAMES if f not in config.synth.families]
     if left_out:
         command += "".join(f" --leave-out {f}" for f in left_out)
+    if config.synth.visible_ghosts:
+        command += " --visible-ghosts"
     if out.resolve() != WEIGHTS.resolve():
         command += f" --out {out}"
     return command
