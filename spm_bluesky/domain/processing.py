@@ -8,6 +8,7 @@ found by iterated trimming instead of RANSAC so the result is deterministic), th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -168,6 +169,23 @@ def _row_quantile(values: np.ndarray, q: float) -> np.ndarray:
     return (part[:, low] + (part[:, high] - part[:, low]) * frac)[:, None]
 
 
+@functools.lru_cache(maxsize=8)
+def _plane_design(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The plane fit's design matrix ``(rows * cols, 3)`` (1, x, y per pixel), its transpose
+    (contiguous) and the pixels' outer products ``(rows * cols, 9)``; read-only.
+
+    Cached per image shape: building them costs about 0.15 ms for a 64 px window, more
+    than the four refits together, and every frame of a session has the same shape.
+    """
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    design = np.stack([np.ones(rows * cols), xx.ravel() / cols, yy.ravel() / rows], axis=1)
+    products = (design[:, :, None] * design[:, None, :]).reshape(-1, 9)
+    arrays = (design, np.ascontiguousarray(design.T), products)
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
+
+
 def subtract_plane_batch(images: np.ndarray, iterations: int = 4) -> np.ndarray:
     """:func:`subtract_plane` for a stack ``(n, rows, cols)`` at once, float64.
 
@@ -179,17 +197,15 @@ def subtract_plane_batch(images: np.ndarray, iterations: int = 4) -> np.ndarray:
     if stack.ndim != 3 or stack.shape[0] == 0 or min(stack.shape[1:]) < 2:
         raise ValueError(f"expected a non-empty (n, rows, cols) stack, got shape {stack.shape}")
     n, rows, cols = stack.shape
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    design = np.stack([np.ones(rows * cols), xx.ravel() / cols, yy.ravel() / rows], axis=1)
+    design, design_t, products = _plane_design(rows, cols)
     values = stack.reshape(n, -1)
-    products = (design[:, :, None] * design[:, None, :]).reshape(-1, 9)
     keep = np.ones(values.shape, dtype=np.float64)
     plane = np.zeros_like(values)
     for _ in range(iterations):
         normal = (keep @ products).reshape(n, 3, 3)
         rhs = (keep * values) @ design
         coef = np.linalg.solve(normal, rhs[..., None])[..., 0]
-        plane = coef @ design.T
+        plane = coef @ design_t
         residual = values - plane
         keep = (residual <= _row_quantile(residual, 0.6)).astype(np.float64)
     return (values - plane).reshape(n, rows, cols)

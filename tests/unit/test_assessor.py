@@ -437,10 +437,12 @@ def test_plan_emits_an_assessment_stream(assessor):
     assert {d["name"] for n, d in docs if n == "descriptor"} == {STREAM, "truth"}
 
 
-def test_plan_rejects_what_is_not_an_assessor():
+def test_plan_rejects_what_is_not_an_assessor(RE):
+    # The RunEngine first: the mock device connects on its event loop (so the test also
+    # passes alone, not only after another test made one).
     stm = mock_stm(np.zeros((64, 64)), 10e-9)
     with pytest.raises(TypeError, match="assessor"):
-        RunEngine()(assess_last_image(stm, object()))
+        RE(assess_last_image(stm, object()))
     assert isinstance(AssessmentDevice(), AssessmentDevice)
 
 

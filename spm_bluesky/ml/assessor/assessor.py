@@ -95,15 +95,13 @@ def window_outputs(model: TipNet, windows: np.ndarray) -> tuple[np.ndarray, np.n
         model.eval()
     logits = [np.zeros((0, len(CLASSES)), dtype=np.float32)]
     features = [np.zeros((0, model.head.in_features), dtype=np.float32)]
-    hook = model.head.register_forward_pre_hook(
-        lambda _module, args: features.append(args[0].numpy()))
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(batch), CHUNK):
-                x = torch.from_numpy(batch[start:start + CHUNK]).unsqueeze(1)
-                logits.append(model(x.contiguous(memory_format=torch.channels_last)).numpy())
-    finally:
-        hook.remove()
+    with torch.inference_mode():
+        for start in range(0, len(batch), CHUNK):
+            x = torch.from_numpy(batch[start:start + CHUNK]).unsqueeze(1)
+            chunk_logits, chunk_features = model.logits_and_features(
+                x.contiguous(memory_format=torch.channels_last))
+            logits.append(chunk_logits.numpy())
+            features.append(chunk_features.numpy())
     return np.concatenate(logits), np.concatenate(features)
 
 
@@ -165,9 +163,10 @@ class FrameAssessor(ABC):
 class TipNetAssessor(FrameAssessor):
     """Judges STM images: calibrated probabilities of the five tip classes.
 
-    Thread use is torch's global setting (``torch.set_num_threads``); at batch 1 one thread
-    is fastest. With an :class:`~spm_bluesky.ml.assessor.unsure.UnsureCalibration` every
-    assessment carries its unsure score and verdict.
+    Thread use is torch's global setting (``torch.set_num_threads``); torch's default, one
+    thread per core, is the fastest at batch 1 too (benchmarks/bench_assessor.py). With an
+    :class:`~spm_bluesky.ml.assessor.unsure.UnsureCalibration` every assessment carries its
+    unsure score and verdict.
     """
 
     def __init__(self, model: TipNet, model_id: str,

@@ -166,6 +166,11 @@ class TipNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits of each window."""
+        return self.logits_and_features(x)[0]
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated logits ``(n, 5)`` and penultimate features ``(n, k)`` (the pooled
+        input of :attr:`head`, which the gate and the unsure score read) of each window."""
         features = self.features(x)
         pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(pooled)), pooled
