@@ -13,6 +13,11 @@ from typing import Any
 
 from spm_bluesky import schema
 
+#: Seconds to find and connect a ``Sim:`` PV. Longer than a read's timeout: a search is a
+#: UDP datagram retried with back-off, and on a loaded machine (a test suite beside it) the
+#: first answer has come after more than 10 s; waiting costs nothing when the IOC answers.
+CONNECT_TIMEOUT_S = 30.0
+
 
 class _SimPv:
     """One of the twin's ``Sim:`` PVs over caproto's threading client: independent of the
@@ -23,8 +28,8 @@ class _SimPv:
 
         self.timeout = timeout
         self._context = Context()
-        (self._pv,) = self._context.get_pvs(pv, timeout=timeout)
-        self._pv.wait_for_connection(timeout=timeout)
+        (self._pv,) = self._context.get_pvs(pv, timeout=CONNECT_TIMEOUT_S)
+        self._pv.wait_for_connection(timeout=CONNECT_TIMEOUT_S)
 
     def close(self) -> None:
         """Drop the CA connection."""
