@@ -21,7 +21,7 @@ from spm_bluesky.devices.stm import STM
 from spm_bluesky.domain import processing
 from spm_bluesky.ml.assessor import data as ds
 from spm_bluesky.ml.assessor import load_assessor
-from spm_bluesky.ml.assessor.assessor import load_network
+from spm_bluesky.ml.assessor.assessor import load_network, window_outputs
 from spm_bluesky.ml.assessor.evaluation import evaluate_on, held_out_randomisation
 from spm_bluesky.ml.assessor.metrics import GOALS, evaluate, reliability, roc_auc
 from spm_bluesky.ml.card import CARD, CARD_MARKDOWN, WEIGHTS, read_card
@@ -237,6 +237,33 @@ def test_batched_plane_fit_equals_the_single_one():
     stack[:, 10:15, 10:20] += 3e-10
     single = np.stack([processing.subtract_plane(image) for image in stack])
     assert np.allclose(processing.subtract_plane_batch(stack), single, rtol=0, atol=1e-18)
+
+
+def test_plane_fit_of_frames_of_different_shapes_in_turn():
+    # The design matrices are cached per shape: each shape must still get its own plane,
+    # and a caller cannot write into the cache.
+    rng = np.random.default_rng(1)
+    for rows, cols in ((16, 16), (37, 37), (16, 16), (20, 31)):
+        tilt = 1e-10 * (np.arange(cols)[None, :] / cols + 2 * np.arange(rows)[:, None] / rows)
+        stack = tilt[None] + rng.normal(0, 1e-13, (2, rows, cols))
+        flat = processing.subtract_plane_batch(stack)
+        assert flat.shape == (2, rows, cols) and np.abs(flat).max() < 1e-12
+    with pytest.raises(ValueError, match="read-only"):
+        processing._plane_design(16, 16)[0][0, 0] = 1.0
+
+
+def test_window_features_are_the_input_of_the_last_layer():
+    network = load_network()
+    windows = processing.prepare(Instrument(0).scan(Frame()), 10e-9)
+    logits, features = window_outputs(network._net, windows)
+    seen = []
+    hook = network._net.head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.inference_mode():
+        again = network._net(torch.from_numpy(windows).unsqueeze(1))
+    hook.remove()
+    assert np.allclose(features, seen[0].numpy(), atol=1e-5)
+    assert np.allclose(logits, again.numpy(), atol=1e-5)
+    assert features.shape == (len(windows), network._net.head.in_features)
 
 
 # -- provenance --------------------------------------------------------------------------
