@@ -216,6 +216,9 @@ def _real_set_lines(real: dict[str, Any]) -> list[str]:
     for name, goal in real["goals"].items():
         lines.append(f"| {name} | {_figure(goal['value'])} | {goal['target']} | "
                      f"{'yes' if goal['met'] else 'no'} |")
+    for name, interval in real.get("intervals", {}).items():  # cards before them lack them
+        lines.append(f"| {name}, {interval['level']:.0%} interval (whole frames resampled) | "
+                     f"{_figure(interval['low'])} to {_figure(interval['high'])} | | |")
     lines += [f"| AUC within sources (mean) | {_figure(real['within_source_auc'])} | | |",
               f"| accuracy at 0.5 / 0.9 | {_figure(o['accuracy_at']['0.5'])} / "
               f"{_figure(o['accuracy_at']['0.9'])} | | |",

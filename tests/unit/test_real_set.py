@@ -167,6 +167,35 @@ def test_units_cut_from_one_frame_do_not_overlap(meta):
                 assert apart, crops
 
 
+def test_crops_of_one_frame_share_their_frame(labelled, meta):
+    frames = {image.frame for image in labelled.images}
+    distinct = {(r.get("repository") or r["package"], r["path"], r["frame"])
+                for r in meta["images"]}
+    assert len(frames) == len(distinct) < len(labelled.images)
+    by_frame: dict[str, set[str]] = {}
+    for image in labelled.images:
+        by_frame.setdefault(image.frame, set()).add(image.record["path"])
+    assert all(len(paths) == 1 for paths in by_frame.values())
+
+
+def test_the_intervals_resample_whole_frames(labelled):
+    ids = [image.id for image in labelled.images]
+    evaluation = rs.evaluate(_ByName({float(i.image[0, 0]): 0.8 if i.label == "good" else 0.3
+                                      for i in labelled.images}), labelled)
+    assert evaluation.ids == tuple(ids)
+    spread = evaluation.intervals()
+    # A perfect ranking: every resample with both classes has AUC 1 and balanced accuracy 1.
+    assert spread["auc"].low == spread["auc"].high == 1.0
+    assert spread["balanced_accuracy"].low == 1.0
+    noisy = rs.reevaluated(evaluation, labelled, np.random.default_rng(0).dirichlet(
+        np.ones(len(CLASSES)), len(ids)), "noise")
+    interval = noisy.intervals()["auc"]
+    assert interval.low < noisy.overall.auc < interval.high
+    assert 0.1 < interval.high - interval.low < 0.5
+    assert noisy.to_json()["intervals"]["auc"]["low"] == interval.low
+    assert "interval" in noisy.table().splitlines()[1]
+
+
 def test_loading_refuses_an_unlabelled_image(tmp_path):
     arrays, labels, _ = _subset(tmp_path, 2, real=False)
     loaded = rs.load_real_set(arrays, labels)
@@ -417,10 +446,12 @@ def test_eval_real_writes_its_figures_into_the_model_card(tmp_path, monkeypatch,
     measured = json.loads(out_json.read_text())
     assert entry["overall"] == measured["overall"] and entry["goals"] == measured["goals"]
     assert entry["by_source"] == measured["by_source"] and "images" not in entry
+    assert entry["intervals"] == measured["intervals"]
     assert entry["labels_sha256"] == hashlib.sha256(
         (subset / rs.JSON_NAME).read_bytes()).hexdigest()
     markdown = card_md.read_text()
     assert "## Real STM images (zero-shot)" in markdown
+    assert "| auc, 95% interval (whole frames resampled) |" in markdown
     for source in measured["by_source"]:
         assert f"| {source} |" in markdown
     # A card describing other weights: refused, untouched.

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -31,7 +31,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from spm_bluesky.domain.display import display_image
-from spm_bluesky.ml.assessor import physics
+from spm_bluesky.ml.assessor import bootstrap, physics
+from spm_bluesky.ml.assessor.bootstrap import Interval
 from spm_bluesky.ml.assessor.metrics import roc_auc
 from spm_bluesky.protocols import CLASSES, GOOD, Assessment, Assessor
 
@@ -75,6 +76,13 @@ class RealImage:
     confidence: str
     reason: str
     record: dict[str, Any] = field(repr=False)
+
+    @property
+    def frame(self) -> str:
+        """The recorded frame the image was cut from (its repository or package, path and
+        frame index): crops of one frame share it, and are resampled together."""
+        where = self.record.get("repository") or self.record.get("package") or self.source
+        return f"{where}:{self.record.get('path', self.id)}#{self.record.get('frame', 0)}"
 
 
 @dataclass(frozen=True)
@@ -205,6 +213,8 @@ class RealEvaluation:
     #: Per image: the assessor's unsure score (NaN when it has none) and verdict.
     unsure_scores: np.ndarray
     unsure: np.ndarray
+    #: Per image: the frame it was cut from (:attr:`RealImage.frame`).
+    frames: tuple[str, ...]
 
     @property
     def abstains(self) -> bool:
@@ -246,6 +256,18 @@ class RealEvaluation:
                        "met": bool(values[name] >= target)}
                 for name, target in GOALS.items()}
 
+    def intervals(self) -> dict[str, Interval]:
+        """Intervals of the overall balanced accuracy and AUC from resampling whole frames
+        (:func:`~spm_bluesky.ml.assessor.bootstrap.by_group`, seeded): how far the set
+        pins them down."""
+        labels, p_good = np.asarray(self.labels), self.p_good
+
+        def figure(name: str) -> Callable[[np.ndarray], float]:
+            return lambda rows: float(getattr(figures(labels[rows], p_good[rows]), name))
+
+        return {name: bootstrap.by_group(figure(name), self.frames)
+                for name in ("balanced_accuracy", "auc")}
+
     def within_source_auc(self) -> float:
         """The mean of the per-source AUCs where a source has both good and bad images: a
         ranking within one instrument, which the pooled AUC can hide."""
@@ -255,11 +277,14 @@ class RealEvaluation:
     def table(self) -> str:
         """The figures as text: overall, then a row per source."""
         o = self.overall
+        spread = self.intervals()
         lines = [
             f"real set: {o.n_scored} scored images ({o.n_good} good, {o.n_bad} bad), "
-            f"{o.n_unclear} unclear; model {self.model_id}",
-            f"balanced accuracy (at 0.5)   {o.balanced_accuracy:.3f}",
-            f"AUC, good vs bad             {o.auc:.3f}",
+            f"{o.n_unclear} unclear, from {len(set(self.frames))} frames; model "
+            f"{self.model_id}",
+            f"balanced accuracy (at 0.5)   {o.balanced_accuracy:.3f}  "
+            f"({spread['balanced_accuracy']}, whole frames resampled)",
+            f"AUC, good vs bad             {o.auc:.3f}  ({spread['auc']})",
             f"AUC within sources (mean)    {self.within_source_auc():.3f}  "
             "(sources with good and bad images)",
             f"accuracy at 0.5 / 0.9        {o.accuracy_at['0.5']:.3f} / "
@@ -302,6 +327,8 @@ class RealEvaluation:
             "model_id": self.model_id,
             "overall": clean(asdict(self.overall)),
             "within_source_auc": clean(self.within_source_auc()),
+            "intervals": {name: interval.to_json()
+                          for name, interval in self.intervals().items()},
             "by_source": {k: clean(asdict(f)) for k, f in self.by_source.items()},
             "goals": clean(self.goals()),
             "unsure_rate": clean(self.unsure_rate()),
@@ -374,7 +401,7 @@ def _evaluation(model_id: str, real_set: RealSet, probabilities: np.ndarray,
                                   p_good[mask])
     return RealEvaluation(model_id, tuple(i.id for i in real_set.images), sources,
                           labels, probabilities, figures(labels, p_good), by_source,
-                          unsure_scores, unsure)
+                          unsure_scores, unsure, tuple(i.frame for i in real_set.images))
 
 
 def with_veto(evaluation: RealEvaluation, real_set: RealSet) -> RealEvaluation:
