@@ -61,12 +61,17 @@ def eval_assessor(
         False, "--card",
         help="with --real: write the figures into the weight file's model card (JSON and "
              "Markdown beside it)"),
+    against: Path | None = typer.Option(
+        None, "--against", callback=existing_file, show_default=False,
+        help="with --real: another weight or gate file; print the differences of the "
+             "balanced accuracy and AUC from it, with paired intervals by frame"),
 ) -> int:
     """Evaluate the assessor on a fresh held-out twin set, or with --real on real images.
 
     Print the confusion matrix, per-class precision and recall, AUC and accuracy for good
     versus bad, calibration errors and balanced accuracy. With --real: balanced accuracy,
-    AUC, accuracy at 0.5 and 0.9 and a row per source.
+    AUC, accuracy at 0.5 and 0.9 and a row per source; with --against, whether the real set
+    tells the two assessors apart.
     """
     from spm_bluesky.ml.assessor.assessor import load_assessor
     from spm_bluesky.ml.assessor.evaluation import run
@@ -76,13 +81,16 @@ def eval_assessor(
         raise usage_error("--real-set", "only applies with --real")
     if card and not real:
         raise usage_error("--card", "only applies with --real")
+    if against is not None and not real:
+        raise usage_error("--against", "only applies with --real")
     try:
         assessor = load_assessor(weights)
+        other = load_assessor(against) if against is not None else None
     except ValueError as err:  # an unsure calibration made for other weights
         raise fail(str(err)) from None
     if real:
         card_weights = (weights or GATE) if card else None
-        return _eval_real(assessor, real_set_path, json, png, strict, card_weights)
+        return _eval_real(assessor, real_set_path, json, png, strict, card_weights, other)
     tally = UnsureTally(assessor)
     try:
         evaluation = run(tally, images=images, base=seed, json_path=json, png_path=png,
@@ -114,7 +122,7 @@ def _report_twin_unsure(tally: Any, json_path: Path | None) -> None:
 
 
 def _eval_real(assessor: Any, arrays: Path | None, json: Path | None, png: Path | None,
-               strict: bool, card_weights: Path | None) -> int:
+               strict: bool, card_weights: Path | None, other: Any = None) -> int:
     """``eval assessor --real``: the figures on the real set, its JSON and contact sheet, and
     with ``card_weights`` the figures in that weight file's model card."""
     from spm_bluesky.ml.assessor import real_set
@@ -132,6 +140,13 @@ def _eval_real(assessor: Any, arrays: Path | None, json: Path | None, png: Path 
     print(f"\nwith the line-streak veto (threshold from the twin): balanced accuracy "
           f"{vetoed.balanced_accuracy:.3f}, AUC {vetoed.auc:.3f} (the veto is not applied "
           "by the assessor: see docs/explanation/assessor.md)")
+    if other is not None:
+        baseline = real_set.evaluate(other, labelled)
+        theirs = baseline.overall
+        print(f"\nagainst {other.model_id} (balanced accuracy {theirs.balanced_accuracy:.3f}, "
+              f"AUC {theirs.auc:.3f}), paired by frame:")
+        for name, difference in evaluation.compared(baseline).items():
+            print(f"  {name:<19}{difference}")
     if json:
         print(f"wrote {real_set.write_json(evaluation, json)}")
     if png:

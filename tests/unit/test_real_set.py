@@ -196,6 +196,23 @@ def test_the_intervals_resample_whole_frames(labelled):
     assert "interval" in noisy.table().splitlines()[1]
 
 
+def test_a_paired_comparison_tells_a_ranking_from_noise(labelled):
+    perfect = rs.evaluate(_ByName({float(i.image[0, 0]): 0.8 if i.label == "good" else 0.3
+                                   for i in labelled.images}), labelled)
+    noise = rs.reevaluated(perfect, labelled, np.random.default_rng(0).dirichlet(
+        np.ones(len(CLASSES)), len(perfect.ids)), "noise")
+    gain = perfect.compared(noise)
+    for name in ("balanced_accuracy", "auc"):
+        assert gain[name].value == pytest.approx(
+            getattr(perfect.overall, name) - getattr(noise.overall, name))
+        assert gain[name].told_apart and gain[name].interval.low > 0
+    same = noise.compared(noise)["auc"]
+    assert same.value == 0 and not same.told_apart and "not told apart" in str(same)
+    with pytest.raises(ValueError, match="same real-set images"):
+        perfect.compared(rs.reevaluated(noise, labelled.subset(list(perfect.ids[:5])),
+                                        noise.probabilities[:5], "five"))
+
+
 def test_loading_refuses_an_unlabelled_image(tmp_path):
     arrays, labels, _ = _subset(tmp_path, 2, real=False)
     loaded = rs.load_real_set(arrays, labels)
@@ -342,6 +359,23 @@ def test_eval_real_command_end_to_end(real, tmp_path, monkeypatch, capsys):
     assert result["overall"]["accuracy_at"] == pytest.approx(hand.accuracy_at)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out_png.stat().st_size > 20_000
+
+
+def test_eval_real_against_another_assessor(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    subset = tmp_path / "real"
+    subset.mkdir()
+    arrays, _, _ = _subset(subset, 3, real=True)
+    monkeypatch.setattr(rs, "REAL_DIR", subset)
+    code = cli.main(["eval", "assessor", "--real", "--real-set", str(arrays),
+                     "--against", str(WEIGHTS)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.split("paired by frame:")[1].strip().splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["balanced_accuracy", "auc"]
+    assert all("95% interval" in line and "told apart" in line for line in lines[:2])
+    assert cli.main(["eval", "assessor", "--against", str(WEIGHTS)]) == 2  # only with --real
+    assert "--against" in capsys.readouterr().err
 
 
 def test_eval_real_without_the_set_is_one_line(tmp_path, monkeypatch, capsys):

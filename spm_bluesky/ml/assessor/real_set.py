@@ -200,6 +200,24 @@ def figures(labels: Sequence[str], p_good: Sequence[float] | np.ndarray) -> Figu
 
 
 @dataclass(frozen=True)
+class Difference:
+    """One assessor's figure minus another's on the same images, and its interval."""
+
+    value: float
+    interval: Interval
+
+    @property
+    def told_apart(self) -> bool:
+        """True if the interval leaves out zero: the set tells the two assessors apart."""
+        low, high = self.interval.low, self.interval.high
+        return not (math.isnan(low) or low <= 0.0 <= high)
+
+    def __str__(self) -> str:
+        verdict = "told apart" if self.told_apart else "not told apart by this set"
+        return f"{self.value:+.3f} ({self.interval}: {verdict})"
+
+
+@dataclass(frozen=True)
 class RealEvaluation:
     """An assessor's verdicts on the real set and the figures they give."""
 
@@ -266,6 +284,26 @@ class RealEvaluation:
             return lambda rows: float(getattr(figures(labels[rows], p_good[rows]), name))
 
         return {name: bootstrap.by_group(figure(name), self.frames)
+                for name in ("balanced_accuracy", "auc")}
+
+    def compared(self, other: RealEvaluation) -> dict[str, Difference]:
+        """This assessor's balanced accuracy and AUC minus ``other``'s on the same images,
+        each with an interval from resampling whole frames, both assessors on the same
+        resample (a paired comparison: far narrower than two separate intervals).
+        ValueError if the two were not measured on the same images."""
+        if other.ids != self.ids:
+            raise ValueError("the two evaluations are not of the same real-set images")
+        labels = np.asarray(self.labels)
+
+        def gain(name: str) -> Callable[[np.ndarray], float]:
+            def difference(rows: np.ndarray) -> float:
+                mine = getattr(figures(labels[rows], self.p_good[rows]), name)
+                theirs = getattr(figures(labels[rows], other.p_good[rows]), name)
+                return float(mine - theirs)
+            return difference
+
+        return {name: Difference(float(getattr(self.overall, name) - getattr(other.overall, name)),
+                                 bootstrap.by_group(gain(name), self.frames))
                 for name in ("balanced_accuracy", "auc")}
 
     def within_source_auc(self) -> float:
