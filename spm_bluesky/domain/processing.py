@@ -30,6 +30,24 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return array
 
 
+@functools.lru_cache(maxsize=8)
+def _plane_design(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The plane fit's design matrix ``(rows * cols, 3)`` (1, x, y per pixel), its transpose
+    (contiguous) and the pixels' outer products ``(rows * cols, 9)``; read-only.
+
+    Shared by both plane fits (:func:`refit_plane`, :func:`subtract_plane_batch`) and
+    cached per image shape: building them costs about 0.15 ms for a 64 px window, more than
+    the four refits together, and every frame of a session has the same shape.
+    """
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    design = np.stack([np.ones(rows * cols), xx.ravel() / cols, yy.ravel() / rows], axis=1)
+    products = (design[:, :, None] * design[:, None, :]).reshape(-1, 9)
+    arrays = (design, np.ascontiguousarray(design.T), products)
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
+
+
 def refit_plane(array: np.ndarray, iterations: int,
                 inliers: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
     """The least-squares plane of a checked 2-D ``array`` (same shape), refitted
@@ -39,8 +57,7 @@ def refit_plane(array: np.ndarray, iterations: int,
     display's outlier-free mean plane differ only in which pixels they keep.
     """
     rows, cols = array.shape
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    design = np.stack([np.ones(array.size), xx.ravel() / cols, yy.ravel() / rows], axis=1)
+    design = _plane_design(rows, cols)[0]
     values = array.ravel()
     keep = np.ones(array.size, dtype=bool)
     coef = np.zeros(3)
@@ -167,23 +184,6 @@ def _row_quantile(values: np.ndarray, q: float) -> np.ndarray:
     part = np.partition(values, [low, high], axis=1)
     frac = position - low
     return (part[:, low] + (part[:, high] - part[:, low]) * frac)[:, None]
-
-
-@functools.lru_cache(maxsize=8)
-def _plane_design(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The plane fit's design matrix ``(rows * cols, 3)`` (1, x, y per pixel), its transpose
-    (contiguous) and the pixels' outer products ``(rows * cols, 9)``; read-only.
-
-    Cached per image shape: building them costs about 0.15 ms for a 64 px window, more
-    than the four refits together, and every frame of a session has the same shape.
-    """
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    design = np.stack([np.ones(rows * cols), xx.ravel() / cols, yy.ravel() / rows], axis=1)
-    products = (design[:, :, None] * design[:, None, :]).reshape(-1, 9)
-    arrays = (design, np.ascontiguousarray(design.T), products)
-    for array in arrays:
-        array.flags.writeable = False
-    return arrays
 
 
 def subtract_plane_batch(images: np.ndarray, iterations: int = 4) -> np.ndarray:
