@@ -17,6 +17,8 @@ from spm_bluesky.ml.assessor.finetune import (
     FinetuneError,
     FrameLabel,
     LabelledFrame,
+    _scan_majority,
+    _stratified_folds,
     base_network,
     base_weight_file,
     check_classes,
@@ -47,6 +49,39 @@ def test_split_keeps_both_kinds_on_both_sides_and_follows_the_seed() -> None:
     # a kind with one frame keeps it for training
     train, held = split_held_out(frames[:12] + frames[12:13], 0.5, seed=0)
     assert [f.label for f in train if f.label != "good"] == ["unstable"]
+
+
+def test_split_keeps_the_crops_of_one_scan_together() -> None:
+    # six scans of four crops each, and four single frames; one scan mixes its labels
+    frames = [LabelledFrame(f"s{s}-t{c}", np.zeros((8, 8), np.float32), 1e-8,
+                            "good" if s < 3 or (s == 5 and c == 0) else "unstable",
+                            group=f"scan{s}")
+              for s in range(6) for c in range(4)]
+    frames += [frame(f"single{i}", "good" if i < 2 else "blunt") for i in range(4)]
+    for seed in range(20):
+        train, held = split_held_out(frames, 0.5, seed)
+        assert sorted(f.key for f in train + held) == sorted(f.key for f in frames)
+        assert not {f.scan for f in train} & {f.scan for f in held}
+        # scan 5 (one good crop of four) goes with the bad scans: both kinds on both sides
+        for side in (train, held):
+            assert {f.label == "good" for f in side} == {True, False}
+    # grouped by its own key, a frame splits as before groups existed
+    alone = [frame(f.key, f.label) for f in frames]
+    grouped = [LabelledFrame(f.key, f.image, f.scan_size_m, f.label, f.key) for f in alone]
+
+    def keys(sides: tuple[list[LabelledFrame], ...]) -> list[list[str]]:
+        return [[f.key for f in side] for side in sides]
+
+    assert keys(split_held_out(grouped, 0.25, 3)) == keys(split_held_out(alone, 0.25, 3))
+
+
+def test_anchor_folds_never_split_a_scan() -> None:
+    good = np.array([True] * 6 + [False] * 6)
+    scans = np.array([0, 0, 0, 1, 1, 2, 3, 3, 4, 4, 5, 5])
+    folds = _stratified_folds(_scan_majority(good, scans), 2, seed=0)[scans]
+    for scan in np.unique(scans):
+        assert len(set(folds[scans == scan])) == 1
+    assert set(folds[good]) == set(folds[~good]) == {0, 1}
 
 
 @pytest.mark.parametrize(("labels", "message"), [

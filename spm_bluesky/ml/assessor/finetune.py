@@ -24,6 +24,9 @@ can look different enough to fool it. A few dozen images labelled by eye adapt i
   and bad frames count the same, whatever their numbers;
 - **what is kept aside**: a stratified, seeded part of the labels (:func:`split_held_out`),
   on which the base and the fine-tuned assessors are both measured for the model card.
+  Frames cut from one scan (:attr:`LabelledFrame.group`) stay on one side of that split and
+  of the cross-validation's folds: they share a tip and a moment, so a scan-mate's label
+  would otherwise tell the answer.
 
 ``unclear`` labels are never trained on. The temperature stays the base weights' (too few
 labels to fit one), and the unsure calibration is not carried over (it describes the base
@@ -109,12 +112,22 @@ class FrameLabel:
 
 @dataclass(frozen=True)
 class LabelledFrame:
-    """One labelled frame to train or test on: heights (m, square), edge (m), class."""
+    """One labelled frame to train or test on: heights (m, square), edge (m), class.
+
+    ``group`` names the scan it was cut from when several frames are crops of one scan (one
+    tip, one moment: their labels go together), so that splits never put crops of one scan
+    on both sides; empty, the frame is a scan of its own."""
 
     key: str
     image: np.ndarray = field(repr=False)
     scan_size_m: float
     label: str
+    group: str = ""
+
+    @property
+    def scan(self) -> str:
+        """The scan the frame belongs to: its group, or itself."""
+        return self.group or self.key
 
 
 @dataclass(frozen=True)
@@ -162,19 +175,37 @@ def check_classes(frames: Sequence[LabelledFrame]) -> None:
 
 def split_held_out(frames: Sequence[LabelledFrame], fraction: float,
                    seed: int) -> tuple[list[LabelledFrame], list[LabelledFrame]]:
-    """(train, held out): ``fraction`` of the good and of the bad frames kept aside, chosen
-    by ``seed``; at least one of each kind stays in training, and none is kept aside from a
-    kind with a single frame."""
+    """(train, held out): about ``fraction`` of the good and of the bad frames kept aside,
+    whole scans at a time (:attr:`LabelledFrame.scan`), chosen by ``seed``. A scan counts
+    as good when most of its frames are; at least one scan of each kind stays in training,
+    and none is kept aside from a kind with a single scan."""
     rng = np.random.default_rng([seed, 1717])
+    scans = _scans(frames)
     train: list[LabelledFrame] = []
     held: list[LabelledFrame] = []
     for is_good in (True, False):
-        kind = [frame for frame in frames if (frame.label == GOOD) == is_good]
-        order = rng.permutation(len(kind))
-        n_held = min(round(len(kind) * fraction), max(len(kind) - 1, 0))
-        held += [kind[i] for i in order[:n_held]]
-        train += [kind[i] for i in order[n_held:]]
+        kind = [members for members in scans if _mostly_good(members) == is_good]
+        target = round(sum(map(len, kind)) * fraction)
+        taken = 0
+        for position, index in enumerate(rng.permutation(len(kind))):
+            if taken < target and position < len(kind) - 1:
+                held += kind[index]
+                taken += len(kind[index])
+            else:
+                train += kind[index]
     return train, held
+
+
+def _scans(frames: Sequence[LabelledFrame]) -> list[list[LabelledFrame]]:
+    """The frames grouped by scan, in order of first appearance."""
+    by_scan: dict[str, list[LabelledFrame]] = {}
+    for frame in frames:
+        by_scan.setdefault(frame.scan, []).append(frame)
+    return list(by_scan.values())
+
+
+def _mostly_good(frames: Sequence[LabelledFrame]) -> bool:
+    return 2 * sum(frame.label == GOOD for frame in frames) > len(frames)
 
 
 def _class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -202,6 +233,8 @@ class WindowBank:
     in_operation: np.ndarray
     #: Class index of each frame.
     frame_classes: np.ndarray
+    #: Index of the scan each frame belongs to (:attr:`LabelledFrame.scan`).
+    frame_scans: np.ndarray
 
 
 def window_bank(frames: Sequence[LabelledFrame], config: FinetuneConfig) -> WindowBank:
@@ -218,8 +251,10 @@ def window_bank(frames: Sequence[LabelledFrame], config: FinetuneConfig) -> Wind
         owners.append(np.arange(len(frames)))
     owner = np.concatenate(owners)
     n_operation = sum(len(w) for w in operation)
+    scan_index: dict[str, int] = {}
+    scans = np.array([scan_index.setdefault(frame.scan, len(scan_index)) for frame in frames])
     return WindowBank(np.concatenate(windows), classes[owner], owner,
-                      np.arange(len(owner)) < n_operation, classes)
+                      np.arange(len(owner)) < n_operation, classes, scans)
 
 
 @dataclass(frozen=True)
@@ -263,16 +298,17 @@ def _finetune(base: TipNet, frames: Sequence[LabelledFrame], config: FinetuneCon
 def choose_anchor(model: TipNet, features: torch.Tensor, bank: WindowBank,
                   config: FinetuneConfig) -> tuple[float, dict[float, float]]:
     """The anchor of :data:`ANCHORS` with the lowest cross-validated loss, and each one's
-    loss. The training frames are split into stratified, seeded folds (at most
-    ``config.folds``, at most the frames of the rarer kind); for each fold a head trained on
-    the others judges its frames as in operation (their operation windows, the base
-    temperature), and the loss is the class-balanced cross-entropy of good versus bad.
-    With a kind of one frame, :data:`FALLBACK_ANCHOR` and no losses."""
+    loss. The training frames are split into stratified, seeded folds of whole scans (at
+    most ``config.folds``, at most the scans of the rarer kind); for each fold a head
+    trained on the others judges its frames as in operation (their operation windows, the
+    base temperature), and the loss is the class-balanced cross-entropy of good versus bad.
+    With a kind of one scan, :data:`FALLBACK_ANCHOR` and no losses."""
     good = bank.frame_classes == CLASSES.index(GOOD)
-    folds = min(config.folds, int(good.sum()), int((~good).sum()))
+    scan_good = _scan_majority(good, bank.frame_scans)
+    folds = min(config.folds, int(scan_good.sum()), int((~scan_good).sum()))
     if folds < 2:
         return FALLBACK_ANCHOR, {}
-    fold_of = _stratified_folds(good, folds, config.seed)
+    fold_of = _stratified_folds(scan_good, folds, config.seed)[bank.frame_scans]
     temperature = float(model.temperature)  # type: ignore[arg-type]
     classes = torch.from_numpy(bank.classes)
     losses: dict[float, list[float]] = {anchor: [] for anchor in ANCHORS}
@@ -296,8 +332,14 @@ def choose_anchor(model: TipNet, features: torch.Tensor, bank: WindowBank,
     return min(ANCHORS, key=lambda anchor: mean[anchor]), mean
 
 
+def _scan_majority(good: np.ndarray, scans: np.ndarray) -> np.ndarray:
+    """Per scan (index), whether most of its frames are good."""
+    count = np.bincount(scans)
+    return 2 * np.bincount(scans, weights=good.astype(float)) > count
+
+
 def _stratified_folds(good: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """A fold index per frame: each kind dealt round-robin in a seeded order."""
+    """A fold index per item (scan): each kind dealt round-robin in a seeded order."""
     rng = np.random.default_rng([seed, 4343])
     fold_of = np.zeros(len(good), dtype=int)
     for kind in (good, ~good):
