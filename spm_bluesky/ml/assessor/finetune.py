@@ -205,6 +205,7 @@ def _scans(frames: Sequence[LabelledFrame]) -> list[list[LabelledFrame]]:
 
 
 def _mostly_good(frames: Sequence[LabelledFrame]) -> bool:
+    """Whether most of a scan's frames are good (a tie counts as bad)."""
     return 2 * sum(frame.label == GOOD for frame in frames) > len(frames)
 
 
