@@ -180,11 +180,13 @@ def split_held_out(frames: Sequence[LabelledFrame], fraction: float,
     as good when most of its frames are; at least one scan of each kind stays in training,
     and none is kept aside from a kind with a single scan."""
     rng = np.random.default_rng([seed, 1717])
-    scans = _scans(frames)
+    scans = _scan_indices(frames)
+    scan_good = _scan_majority(np.array([frame.label == GOOD for frame in frames]), scans)
     train: list[LabelledFrame] = []
     held: list[LabelledFrame] = []
     for is_good in (True, False):
-        kind = [members for members in scans if _mostly_good(members) == is_good]
+        kind = [[frames[int(i)] for i in np.flatnonzero(scans == scan)]
+                for scan in np.flatnonzero(scan_good == is_good)]
         target = round(sum(map(len, kind)) * fraction)
         taken = 0
         for position, index in enumerate(rng.permutation(len(kind))):
@@ -196,17 +198,17 @@ def split_held_out(frames: Sequence[LabelledFrame], fraction: float,
     return train, held
 
 
-def _scans(frames: Sequence[LabelledFrame]) -> list[list[LabelledFrame]]:
-    """The frames grouped by scan, in order of first appearance."""
-    by_scan: dict[str, list[LabelledFrame]] = {}
-    for frame in frames:
-        by_scan.setdefault(frame.scan, []).append(frame)
-    return list(by_scan.values())
+def _scan_indices(frames: Sequence[LabelledFrame]) -> np.ndarray:
+    """Per frame, the index of its scan (:attr:`LabelledFrame.scan`), numbered in order of
+    first appearance."""
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(frame.scan, len(index)) for frame in frames], dtype=int)
 
 
-def _mostly_good(frames: Sequence[LabelledFrame]) -> bool:
-    """Whether most of a scan's frames are good (a tie counts as bad)."""
-    return 2 * sum(frame.label == GOOD for frame in frames) > len(frames)
+def _scan_majority(good: np.ndarray, scans: np.ndarray) -> np.ndarray:
+    """Per scan (index), whether most of its frames are good (a tie counts as bad)."""
+    count = np.bincount(scans)
+    return 2 * np.bincount(scans, weights=good.astype(float)) > count
 
 
 def _class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -252,10 +254,8 @@ def window_bank(frames: Sequence[LabelledFrame], config: FinetuneConfig) -> Wind
         owners.append(np.arange(len(frames)))
     owner = np.concatenate(owners)
     n_operation = sum(len(w) for w in operation)
-    scan_index: dict[str, int] = {}
-    scans = np.array([scan_index.setdefault(frame.scan, len(scan_index)) for frame in frames])
     return WindowBank(np.concatenate(windows), classes[owner], owner,
-                      np.arange(len(owner)) < n_operation, classes, scans)
+                      np.arange(len(owner)) < n_operation, classes, _scan_indices(frames))
 
 
 @dataclass(frozen=True)
@@ -331,12 +331,6 @@ def choose_anchor(model: TipNet, features: torch.Tensor, bank: WindowBank,
             losses[anchor].append(_balanced_log_loss(p_good, good[held]))
     mean = {anchor: float(np.mean(values)) for anchor, values in losses.items()}
     return min(ANCHORS, key=lambda anchor: mean[anchor]), mean
-
-
-def _scan_majority(good: np.ndarray, scans: np.ndarray) -> np.ndarray:
-    """Per scan (index), whether most of its frames are good."""
-    count = np.bincount(scans)
-    return 2 * np.bincount(scans, weights=good.astype(float)) > count
 
 
 def _stratified_folds(good: np.ndarray, folds: int, seed: int) -> np.ndarray:
