@@ -8,6 +8,7 @@ import hashlib
 import json
 import socket
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import bluesky.plan_stubs as bps
@@ -112,6 +113,10 @@ def test_finetune_from_labels_in_tiled_writes_weights_and_card(tiled_server, key
     held = frames_from_tiled(client, [FrameLabel.of(stored[key])
                                       for key in card["data"]["held_out_images"]])
     assert {frame.label == GOOD for frame in held} == {True, False}
+    # a labels file's scan reaches the frames read from Tiled, so splits keep them together
+    named = [replace(FrameLabel.of(stored[key]), scan="one scan")
+             for key in card["data"]["held_out_images"][:2]]
+    assert [frame.scan for frame in frames_from_tiled(client, named)] == ["one scan"] * 2
     figures = good_versus_bad(load_assessor(out), held)
     assert figures.balanced_accuracy >= HELD_OUT_GOAL, figures
     assert figures.balanced_accuracy == pytest.approx(

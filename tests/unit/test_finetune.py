@@ -120,6 +120,25 @@ def test_labels_files_json_and_csv(tmp_path: Path) -> None:
         labels_from_file(not_json)
 
 
+def test_a_labels_file_can_name_the_scan_of_each_image(tmp_path: Path) -> None:
+    """Crops of one scan share a ``scan`` in the labels file (a name or a number); a label
+    without one is its own scan; anything else is refused, naming the entry."""
+    json_file = tmp_path / "labels.json"
+    json_file.write_text(json.dumps([
+        {"run_uid": "r", "seq_num": 1, "label": "good", "scan": "A200622.190818"},
+        {"run_uid": "r", "seq_num": 2, "label": "unstable", "scan": 7},
+        {"run_uid": "r", "seq_num": 3, "label": "blunt"}]))
+    assert [label.scan for label in labels_from_file(json_file)] == ["A200622.190818", "7", ""]
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("run_uid,seq_num,label,scan\nr,1,good,left\nr,2,blunt,\n")
+    assert [label.scan for label in labels_from_file(csv_file)] == ["left", ""]
+    for scan in ([1], True, {"a": 1}):
+        json_file.write_text(json.dumps([{"run_uid": "r", "seq_num": 1, "label": "good",
+                                          "scan": scan}]))
+        with pytest.raises(FinetuneError, match="optionally scan"):
+            labels_from_file(json_file)
+
+
 def test_a_fine_tune_moves_the_network_towards_its_labels() -> None:
     """Twin frames labelled against the truth (good tips called blunt and the reverse):
     the fine-tuned network must follow the labels, and the base must stay as it was."""

@@ -98,11 +98,16 @@ class FinetuneError(ValueError):
 @dataclass(frozen=True)
 class FrameLabel:
     """A label keyed by the image it names: run uid and ``seq_num`` of its ``primary``
-    event (as stored in Tiled, or as given in a labels file)."""
+    event (as stored in Tiled, or as given in a labels file).
+
+    ``scan`` names the scan the image was cut from, when a labels file says that several
+    images are crops of one scan (:attr:`LabelledFrame.group`); empty, the image is a scan
+    of its own, as every frame a session records is."""
 
     run_uid: str
     seq_num: int
     label: LabelClass
+    scan: str = ""
 
     @classmethod
     def of(cls, label: ImageLabel) -> FrameLabel:
@@ -405,7 +410,8 @@ def good_versus_bad(assessor: FrameAssessor, frames: Sequence[LabelledFrame]) ->
 
 def labels_from_file(path: Path) -> list[FrameLabel]:
     """Labels from a JSON list of ``{"run_uid", "seq_num", "label"}`` objects or a CSV file
-    with those columns; :class:`FinetuneError` naming the first bad entry."""
+    with those columns, each with an optional ``scan`` (images of one scan, such as crops,
+    share it); :class:`FinetuneError` naming the first bad entry."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -423,11 +429,22 @@ def labels_from_file(path: Path) -> list[FrameLabel]:
     for number, row in enumerate(rows, start=1):
         try:
             labels.append(FrameLabel(str(row["run_uid"]), int(row["seq_num"]),
-                                     label_class(str(row["label"]).strip())))
+                                     label_class(str(row["label"]).strip()),
+                                     _scan_name(row.get("scan"))))
         except (KeyError, TypeError, ValueError) as err:
             raise FinetuneError(f"{path}: label {number} ({row!r}): needs run_uid, seq_num "
-                                f"and label ({err})") from None
+                                f"and label, and optionally scan ({err})") from None
     return labels
+
+
+def _scan_name(value: object) -> str:
+    """A labels file's ``scan`` entry as a name: absent or empty means none; a name is a
+    string or a whole number (a CSV column leaves it a string)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"scan must be a name or a number, not {value!r}")
+    return str(value).strip()
 
 
 def frames_from_tiled(client: Any, labels: Sequence[FrameLabel]) -> list[LabelledFrame]:
@@ -443,7 +460,7 @@ def frames_from_tiled(client: Any, labels: Sequence[FrameLabel]) -> list[Labelle
             raise FinetuneError(f"run {label.run_uid} has no image with seq_num "
                                 f"{label.seq_num}")
         frames.append(LabelledFrame(f"{label.run_uid}/{label.seq_num}", frame[0], frame[1],
-                                    str(label.label)))
+                                    str(label.label), group=label.scan))
     return frames
 
 
@@ -553,6 +570,8 @@ def _card(base: dict[str, Any], weights: bytes, model_id: str, out: Path,
             "labels_given": source.given,
             "train_counts": _counts(train_frames),
             "held_out_counts": _counts(held),
+            "train_scans": len({frame.scan for frame in train_frames}),
+            "held_out_scans": len({frame.scan for frame in held}),
             "train_images": [frame.key for frame in train_frames],
             "held_out_images": [frame.key for frame in held],
         },
@@ -599,8 +618,10 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"| sessions | {', '.join(data['sessions']) or '-'} |",
         f"| label runs | {', '.join(data['label_runs']) or '-'} |",
         f"| labels file | {data['labels_file'] or '-'} |",
-        f"| trained on | {json.dumps(data['train_counts'])} |",
-        f"| held out | {json.dumps(data['held_out_counts'])} |",
+        f"| trained on | {json.dumps(data['train_counts'])}, from "
+        f"{data['train_scans']} scans |",
+        f"| held out | {json.dumps(data['held_out_counts'])}, from "
+        f"{data['held_out_scans']} scans |",
         "",
         "## Training",
         "",
