@@ -51,11 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from caproto.sync.client import read, write
 
 from spm_bluesky import schema
 from spm_bluesky.autonomy.rules import Verdict
 from spm_bluesky.autonomy.state import rebuild
+from spm_bluesky.services.ca_client import read, write
 from spm_bluesky.services.launch import UpOptions, client_ca_env, down, environ_set, up
 from spm_bluesky.storage import Disc, connect, read_image_stream, runs_by_session
 from spm_bluesky.storage.journal import Position, RecordKind, journal_dir, read_records

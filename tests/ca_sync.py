@@ -5,7 +5,9 @@ their timeout. With three test workers on two cores a search or its answer can g
 (one CI run waited 20 s for ``Sim:TimeScale`` after reading 16 PVs of the same IOC), and a
 test then fails for want of a datagram. Here each call is tried again, on a fresh socket,
 when its search went unanswered; nothing has been read or written by then, so a write is
-never applied twice. Any other failure is raised at once.
+never applied twice. Any other failure is raised at once. Every call goes through
+:mod:`spm_bluesky.services.ca_client`, so a failed one leaves no dead circuit for the next
+(an IOC restarted on a dead one's port stays reachable).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from caproto import CaprotoTimeoutError
-from caproto.sync import client
+
+from spm_bluesky.services import ca_client
 
 #: Searches that may go unanswered before the test fails.
 SEARCH_TRIES = 4
@@ -37,9 +40,9 @@ def _searching(call: Callable[[], T]) -> T:
 
 def read(pv: str, *, timeout: float = 10.0, **kwargs: Any) -> Any:
     """caproto's ``read`` of ``pv``, searching again up to SEARCH_TRIES times."""
-    return _searching(lambda: client.read(pv, timeout=timeout, **kwargs))
+    return _searching(lambda: ca_client.read(pv, timeout=timeout, **kwargs))
 
 
 def write(pv: str, data: Any, *, timeout: float = 10.0, **kwargs: Any) -> Any:
     """caproto's ``write`` to ``pv``, searching again up to SEARCH_TRIES times."""
-    return _searching(lambda: client.write(pv, data, timeout=timeout, **kwargs))
+    return _searching(lambda: ca_client.write(pv, data, timeout=timeout, **kwargs))

@@ -241,7 +241,7 @@ def environ_set(update: Mapping[str, str]) -> Iterator[None]:
 
 def ioc_answers(prefix: str, epics_env: Mapping[str, str], timeout: float = 2.0) -> float | None:
     """Read ``<prefix>Status:Clock`` over CA with ``epics_env``; the value, or None."""
-    from caproto.sync.client import read
+    from spm_bluesky.services.ca_client import read
 
     with environ_set(epics_env):
         try:

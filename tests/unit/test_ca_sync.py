@@ -41,3 +41,41 @@ def test_a_timeout_after_the_search_is_not_tried_again():
     call = flaky([CaprotoTimeoutError("Server at 127.0.0.1:5064 did not respond")])
     with pytest.raises(CaprotoTimeoutError, match="did not respond"):
         ca_sync._searching(call)
+
+
+class DeadSocket:
+    """Stands for a circuit's TCP socket; records being closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failed_call_leaves_no_circuit_behind(monkeypatch) -> None:
+    """caproto caches a circuit per address and drops it only after a channel was made: a
+    call that fails while connecting would leave a dead one for every later call to that
+    address. The wrapper forgets what the failed call made, and nothing else."""
+    from caproto.sync import client
+
+    from spm_bluesky.services import ca_client
+
+    kept, kept_socket = object(), DeadSocket()
+    monkeypatch.setattr(client, "global_circuits", {(("127.0.0.1", 1), 0): kept})
+    monkeypatch.setattr(client, "sockets", {kept: kept_socket})
+    left = DeadSocket()
+
+    def failing_read(pv: str, **kwargs: object) -> None:
+        circuit = object()
+        client.global_circuits[(("127.0.0.1", 5064), 0)] = circuit
+        client.sockets[circuit] = left
+        raise RuntimeError("Disconnected during initialization")
+
+    monkeypatch.setattr(client, "read", failing_read)
+    with pytest.raises(RuntimeError, match="Disconnected"):
+        ca_client.read("X:Status:Clock")
+    assert left.closed and not kept_socket.closed
+    assert client.global_circuits == {(("127.0.0.1", 1), 0): kept}
+    assert client.sockets == {kept: kept_socket}
+    monkeypatch.setattr(client, "read", lambda pv, **kwargs: 42.0)
+    assert ca_client.read("X:Status:Clock") == 42.0
