@@ -12,8 +12,7 @@ connects afresh.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from caproto.sync import client
@@ -21,13 +20,12 @@ from caproto.sync import client
 T = TypeVar("T")
 
 
-@contextmanager
-def forgetting_failed_circuits() -> Iterator[None]:
-    """On an exception, close and forget every circuit made inside the block (those that
-    were cached before it are left alone), then re-raise."""
+def _forgetting_failed_circuits(call: Callable[[], T]) -> T:
+    """``call()``; if it raises, close and forget every circuit made during it (those cached
+    before it are left alone), then re-raise."""
     before = dict(client.global_circuits)
     try:
-        yield
+        return call()
     except BaseException:
         for key, circuit in list(client.global_circuits.items()):
             if before.get(key) is not circuit:
@@ -38,18 +36,13 @@ def forgetting_failed_circuits() -> Iterator[None]:
         raise
 
 
-def _clean(call: Callable[[], T]) -> T:
-    with forgetting_failed_circuits():
-        return call()
-
-
 def read(pv: str, **kwargs: Any) -> Any:
     """caproto's synchronous ``read`` of ``pv`` (its keyword arguments); a failure leaves no
     circuit behind."""
-    return _clean(lambda: client.read(pv, **kwargs))
+    return _forgetting_failed_circuits(lambda: client.read(pv, **kwargs))
 
 
 def write(pv: str, data: Any, **kwargs: Any) -> Any:
     """caproto's synchronous ``write`` of ``data`` to ``pv`` (its keyword arguments); a
     failure leaves no circuit behind."""
-    return _clean(lambda: client.write(pv, data, **kwargs))
+    return _forgetting_failed_circuits(lambda: client.write(pv, data, **kwargs))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from caproto import CaprotoTimeoutError
+from caproto.sync import client
 
+from spm_bluesky.services import ca_client
 from tests import ca_sync
 
 
@@ -56,10 +58,6 @@ def test_a_failed_call_leaves_no_circuit_behind(monkeypatch) -> None:
     """caproto caches a circuit per address and drops it only after a channel was made: a
     call that fails while connecting would leave a dead one for every later call to that
     address. The wrapper forgets what the failed call made, and nothing else."""
-    from caproto.sync import client
-
-    from spm_bluesky.services import ca_client
-
     kept, kept_socket = object(), DeadSocket()
     monkeypatch.setattr(client, "global_circuits", {(("127.0.0.1", 1), 0): kept})
     monkeypatch.setattr(client, "sockets", {kept: kept_socket})
