@@ -19,6 +19,7 @@ from spm_bluesky.ml.assessor.synth import generate as synth
 from spm_bluesky.ml.assessor.synth import surfaces, tips
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
 from spm_bluesky.ml.assessor.synth.noise import NOISE_FAMILIES, add_noise
+from spm_bluesky.ml.assessor.synth.surfaces import VACANCY_BASES
 from spm_bluesky.protocols import CLASSES
 
 CONFIG = synth.SynthConfig()
@@ -183,6 +184,32 @@ def test_a_family_can_be_left_out_and_unknown_ones_are_refused():
     assert list(surfaces.FAMILIES).index("porous") not in {s.family for s in scenes}
     with pytest.raises(ValueError, match="unknown or no surface families"):
         replace(CONFIG, families=("porous", "cheese"))
+
+
+@pytest.mark.parametrize("family", VACANCY_BASES)
+def test_a_family_left_out_is_not_drawn_inside_another(monkeypatch, family):
+    """The vacancy family cuts its pits into a lattice or a layer: left out of training, a
+    family must not come back that way (the leave-one-out experiment would see it)."""
+    drawn: list[str] = []
+    inner = getattr(surfaces, family)
+
+    def counted(grid, rng):
+        drawn.append(family)
+        return inner(grid, rng)
+
+    monkeypatch.setattr(surfaces, family, counted)  # what vacancies() calls
+    grid = surfaces.Grid(48, 8.0)
+    for config, expected in ((CONFIG, True), (CONFIG.without(family), False)):
+        drawn.clear()
+        for seed in range(12):
+            surfaces.draw("vacancies", grid, np.random.default_rng(seed), config.families)
+        assert bool(drawn) is expected
+    # With every family the vacancies are what they were before families could be left out.
+    for seed in range(6):
+        assert np.array_equal(surfaces.draw("vacancies", grid, np.random.default_rng(seed)),
+                              surfaces.vacancies(grid, np.random.default_rng(seed)))
+    flats = [surfaces.vacancies(grid, np.random.default_rng(seed), bases=()) for seed in range(6)]
+    assert max(f.max() for f in flats) < 1e-9 < max(np.ptp(f) for f in flats)  # pits, no base
 
 
 def test_synthetic_sets_are_balanced_and_round_trip(tmp_path):

@@ -44,7 +44,7 @@ _STREAM = 707
 GENERATOR = "spm_bluesky.ml.assessor.synth"
 #: Changes whenever the same seed and configuration would render a different frame
 #: (cached sets of another version are rendered again).
-VERSION = 4
+VERSION = 5
 #: Families without isolated features: a ghost copy of a perfect lattice is again a perfect
 #: lattice, which no one can label. Multi-apex frames draw another family.
 FEATURELESS = ("lattice",)
@@ -109,7 +109,7 @@ def render(seed: int, label: int, config: SynthConfig) -> tuple[np.ndarray, Synt
     for _ in range(attempts):
         family = families[int(rng.integers(len(families)))]
         corrugation = _log_uniform(rng, config.corrugation_log)
-        heights = corrugation * surfaces.FAMILIES[family](grid, rng)
+        heights = corrugation * surfaces.draw(family, grid, rng, config.families)
         steps = (family != "terraces" and "terraces" in config.families
                  and bool(rng.random() < config.steps_probability))
         if steps:

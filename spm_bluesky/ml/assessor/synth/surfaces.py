@@ -12,12 +12,17 @@ point pattern with one rendered shape, so a dense layer costs no more than a spa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
+
+from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES
+
+#: The surfaces :func:`vacancies` cuts its pits into, themselves families.
+VACANCY_BASES = ("lattice", "layer")
 
 
 @dataclass(frozen=True)
@@ -219,9 +224,22 @@ def adatoms(grid: Grid, rng: np.random.Generator) -> np.ndarray:
     return np.minimum(heights, 1.5)
 
 
-def vacancies(grid: Grid, rng: np.random.Generator) -> np.ndarray:
-    """An atomic lattice or a molecular layer with vacancies and vacancy islands (dark pits)."""
-    base = lattice(grid, rng) if rng.random() < 0.5 else layer(grid, rng)
+def vacancies(grid: Grid, rng: np.random.Generator,
+              bases: Collection[str] = VACANCY_BASES) -> np.ndarray:
+    """An atomic lattice or a molecular layer with vacancies and vacancy islands (dark pits).
+
+    Only the families named in ``bases`` are drawn as the surface the pits are cut into, so
+    that a family left out of training (:meth:`.config.SynthConfig.without`) does not come
+    back under the vacancies; with neither, the pits are in a flat terrace. With both, the
+    frame of a seed is what it always was.
+    """
+    on_lattice = rng.random() < 0.5
+    if "lattice" in bases and "layer" in bases:
+        base = lattice(grid, rng) if on_lattice else layer(grid, rng)
+    elif "lattice" in bases or "layer" in bases:
+        base = lattice(grid, rng) if "lattice" in bases else layer(grid, rng)
+    else:
+        base = np.zeros((grid.n, grid.n))
     size = rng.uniform(0.3, 2.0)
     count = max(1, round(math.exp(rng.uniform(math.log(0.005), math.log(0.08)))
                          * grid.size_nm**2 / size**2))
@@ -257,6 +275,15 @@ def waves(grid: Grid, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:  # the upper terrace of the step the waves come from
         heights += 2.0 * behind
     return heights
+
+
+def draw(family: str, grid: Grid, rng: np.random.Generator,
+         families: Collection[str] = FAMILY_NAMES) -> np.ndarray:
+    """A surface of ``family`` whose parts come only from ``families`` (the families a
+    configuration draws from): the vacancy family's lattice or layer is one of them."""
+    if family == "vacancies":
+        return vacancies(grid, rng, bases=families)
+    return FAMILIES[family](grid, rng)
 
 
 #: Each family by name, in :data:`.config.FAMILY_NAMES` order.
