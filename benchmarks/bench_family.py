@@ -2,8 +2,8 @@
 (issue 11: "a surface family left out of training, tested on it").
 
 Run: ``python benchmarks/bench_family.py --family layer [--weights A B ...] [--frames N]
-[--visible-ghosts]`` (default: the shipped gate file, 1,500 frames of every scan size and
-pixel count the generator draws).
+[--visible-ghosts | --by-visibility]`` (default: the shipped gate file, 1,500 frames of every
+scan size and pixel count the generator draws).
 
 A weight file trained with ``--leave-out FAMILY`` carries a figure on that family in its
 card, but on the 1,000 held-out synthetic frames of every family, of which a family has
@@ -17,6 +17,11 @@ versus multi-apex frames alone, the mean p(good) of good and of bad frames, how 
 class is called good (the good class's share is its recall; a defect's share is how often it
 would pass), and for a gate file, the share of frames it sends to its generalist. The frames
 have no monatomic steps under the family (in training, a quarter of them do).
+
+With ``--by-visibility`` the frames are multi-apex tips only, with visible ghosts, and the
+table gives the share called good by how much the ghost raises the autocorrelation at its
+shift (:func:`spm_bluesky.ml.assessor.synth.tips.ghost_visibility`): whether a network misses
+ghosts that do not show, or ghosts that do.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -37,6 +43,7 @@ from spm_bluesky.ml.assessor.gate import GatedAssessor
 from spm_bluesky.ml.assessor.metrics import roc_auc
 from spm_bluesky.ml.assessor.real_set import figures
 from spm_bluesky.ml.assessor.synth import generate as synth
+from spm_bluesky.ml.assessor.synth import tips
 from spm_bluesky.ml.assessor.synth.config import FAMILY_NAMES, SynthConfig
 from spm_bluesky.ml.card import GATE
 from spm_bluesky.protocols import CLASSES, GOOD
@@ -44,6 +51,8 @@ from spm_bluesky.protocols import CLASSES, GOOD
 #: First seed of the frames: past every seed range training and validation draw from.
 FIRST_SEED = 60_000_000
 MULTI_APEX = "multi_apex"
+#: Bins of ghost visibility for ``--by-visibility`` (the generator keeps 0.1 and more).
+VISIBILITY_BINS = (0.1, 0.15, 0.2, 0.3, 0.4, 1.0)
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,49 @@ def render(config: SynthConfig, count: int, first_seed: int) -> Frames:
         sizes.append(scene.scan_size)
         labels.append(CLASSES[label])
     return Frames(processing.prepare_batch(images, sizes), np.asarray(labels))
+
+
+def multi_apex_by_visibility(config: SynthConfig, count: int, first_seed: int
+                             ) -> tuple[Frames, np.ndarray]:
+    """``count`` multi-apex frames of ``config`` (visible ghosts) and each one's ghost
+    visibility, recorded as the generator measures it to keep the frame."""
+    measured: list[float] = []
+    measure = tips.ghost_visibility
+
+    def recording(ghosts: tips.Ghosts) -> float:
+        measured.append(measure(ghosts))
+        return measured[-1]
+
+    images, sizes, visibility = [], [], []
+    tips.ghost_visibility = recording  # what generate.render calls
+    try:
+        for index in range(count):
+            image, scene = synth.render(first_seed + index, CLASSES.index(MULTI_APEX), config)
+            images.append(image)
+            sizes.append(scene.scan_size)
+            visibility.append(measured[-1])  # the draw that was kept
+    finally:
+        tips.ghost_visibility = measure
+    frames = Frames(processing.prepare_batch(images, sizes), np.full(count, MULTI_APEX))
+    return frames, np.asarray(visibility)
+
+
+def visibility_table(frames: Frames, visibility: np.ndarray, weights: Sequence[str]
+                     ) -> list[str]:
+    """The Markdown table: per bin of ghost visibility, the frames and each assessor's share
+    of them called good."""
+    p_goods = [(assessor.model_id,
+                assessor.probabilities(frames.prepared)[:, CLASSES.index(GOOD)])
+               for assessor in map(load_assessor, weights)]
+    rows = ["| ghost visibility | frames | " + " | ".join(f"{name} called good"
+                                                        for name, _ in p_goods) + " |",
+            "|---|---:|" + "---:|" * len(p_goods)]
+    for low, high in pairwise(VISIBILITY_BINS):
+        inside = (visibility >= low) & (visibility < high)
+        shares = " | ".join(f"{np.mean(p[inside] >= 0.5):.0%}" if inside.any() else "-"
+                            for _, p in p_goods)
+        rows.append(f"| {low:.2f} to {high:.2f} | {int(inside.sum())} | {shares} |")
+    return rows
 
 
 def balanced_accuracy_interval(labels: np.ndarray, p_good: np.ndarray) -> Interval:
@@ -114,11 +166,22 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", default=[str(GATE)],
                         help="gate files or weight files (default: the shipped gate)")
     parser.add_argument("--frames", type=int, default=1500)
-    parser.add_argument("--visible-ghosts", action="store_true",
-                        help="multi-apex frames only where the ghost shows")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--visible-ghosts", action="store_true",
+                       help="multi-apex frames only where the ghost shows")
+    shown.add_argument("--by-visibility", action="store_true",
+                       help="multi-apex frames only (visible ghosts), by how plainly they show")
     args = parser.parse_args()
     if args.frames < 2 * len(CLASSES):
         parser.error(f"--frames must be at least {2 * len(CLASSES)}")
+    if args.by_visibility:
+        config = replace(SynthConfig(visible_ghosts=True), families=(args.family,))
+        started = time.perf_counter()
+        frames, visibility = multi_apex_by_visibility(config, args.frames, FIRST_SEED)
+        print(f"{args.frames} multi-apex `{args.family}` frames with visible ghosts, rendered "
+              f"in {time.perf_counter() - started:.0f} s; torch {torch.__version__}")
+        print("\n".join(visibility_table(frames, visibility, args.weights)))
+        return
     config = replace(SynthConfig(visible_ghosts=args.visible_ghosts), families=(args.family,))
     ghosts = ", multi-apex only where the ghost shows" if args.visible_ghosts else ""
     run(config, f"`{args.family}`{ghosts}", args.frames, FIRST_SEED, args.weights)
