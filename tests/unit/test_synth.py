@@ -204,7 +204,7 @@ def test_a_family_left_out_is_not_drawn_inside_another(monkeypatch, family):
         for seed in range(12):
             surfaces.draw("vacancies", grid, np.random.default_rng(seed), config.families)
         assert bool(drawn) is expected
-    # With every family the vacancies are what they were before families could be left out.
+    # With every family, draw() gives the vacancy family's own frames (both bases).
     for seed in range(6):
         assert np.array_equal(surfaces.draw("vacancies", grid, np.random.default_rng(seed)),
                               surfaces.vacancies(grid, np.random.default_rng(seed)))

@@ -234,10 +234,10 @@ def vacancies(grid: Grid, rng: np.random.Generator,
     frame of a seed is what it always was.
     """
     on_lattice = rng.random() < 0.5
-    if "lattice" in bases and "layer" in bases:
-        base = lattice(grid, rng) if on_lattice else layer(grid, rng)
-    elif "lattice" in bases or "layer" in bases:
-        base = lattice(grid, rng) if "lattice" in bases else layer(grid, rng)
+    if "lattice" in bases and (on_lattice or "layer" not in bases):
+        base = lattice(grid, rng)
+    elif "layer" in bases:
+        base = layer(grid, rng)
     else:
         base = np.zeros((grid.n, grid.n))
     size = rng.uniform(0.3, 2.0)
